@@ -1,0 +1,264 @@
+"""Contract and unit tests of the posterior solvers (samplers.solvers)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from samplers.operators import make
+from samplers.solvers import (
+    COMMON_OPTIONS,
+    SOLVERS,
+    STRATEGIES,
+    flow_noise_scaling,
+    get_solver,
+    solver_options,
+    ve_noise_scaling,
+)
+from samplers.solvers.common import BatchedAdam, SolverContext
+
+POSTERIOR = ["dps", "psld", "resample", "sitcom", "daps"]
+# small, fast settings that keep every code path (ReSample's consistency phases included)
+FAST = {
+    "dps": {},
+    "psld": {},
+    "resample": {"interval": 1, "pixel_iters": 20, "latent_iters": 20},
+    "sitcom": {"inner_steps": 3, "equi_steps": 2},
+    "daps": {"langevin_steps": 3, "ode_steps": 2, "lr": 1e-3, "tau": 0.5},
+}
+
+
+class GaussianPrior:
+    """Exact denoiser of N(mean, I) in the VE space: D(x; s) = mean + (x - mean) / (1 + s^2)."""
+
+    def __init__(self, mean: torch.Tensor):
+        self.mean = mean
+        self.calls = 0
+
+    def __call__(self, x, sigma, **kwargs):
+        self.calls += 1
+        s2 = sigma.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype) ** 2
+        return self.mean.to(x) + (x - self.mean.to(x)) / (1 + s2)
+
+
+def karras(n: int, smax: float = 20.0, smin: float = 0.05) -> torch.Tensor:
+    ramp = torch.linspace(0, 1, n)
+    s = (smax ** (1 / 7) + ramp * (smin ** (1 / 7) - smax ** (1 / 7))) ** 7
+    return torch.cat([s, torch.zeros(1)])
+
+
+def setup(batch=2, shape=(1, 6, 5), seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    d = math.prod(shape)
+    matrix = torch.randn(3, d, generator=g) / math.sqrt(d)  # singular values of order 1
+    op = make("matrix", matrix=matrix)
+    x_true = torch.randn(batch, *shape, generator=g) * 0.5
+    y = op(x_true)
+    prior = GaussianPrior(torch.zeros(1, *shape))
+    sigmas = karras(6)
+    x = (sigmas[0] * torch.randn(batch, *shape, generator=g)).to(dtype)
+    return prior, x, sigmas, op, y
+
+
+def run(name, seed=0, **overrides):
+    prior, x, sigmas, op, y = setup(seed=seed)
+    opts = {**FAST[name], **overrides}
+    return get_solver(name)(prior, x, sigmas, extra_args={"seed": 1}, operator=op, measurement=y, **opts)
+
+
+def test_registry_and_options():
+    assert set(SOLVERS) == {"dps", "psld", "resample", "sitcom", "daps", "unconditional"}
+    with pytest.raises(ValueError, match="valid solvers"):
+        get_solver("ddrm")
+    for name in SOLVERS:
+        opts = solver_options(name)
+        assert not set(opts) & set(COMMON_OPTIONS), name
+        assert set(STRATEGIES[name].option_docs) == set(opts), f"{name}: every option is documented"
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_unknown_option_rejected(name):
+    prior, x, sigmas, op, y = setup()
+    with pytest.raises(TypeError, match="unknown option.*'step_sise'.*valid options"):
+        get_solver(name)(prior, x, sigmas, operator=op, measurement=y, step_sise=1.0)
+
+
+def test_required_options_and_bad_values():
+    prior, x, sigmas, op, y = setup()
+    with pytest.raises(TypeError, match="'operator'"):
+        get_solver("dps")(prior, x, sigmas, measurement=y)
+    with pytest.raises(TypeError, match="'measurement'"):
+        get_solver("dps")(prior, x, sigmas, operator=op)
+    with pytest.raises(ValueError, match="measurement batch is 3"):
+        get_solver("dps")(prior, x, sigmas, operator=op, measurement=torch.cat([y, y[:1]]))
+    with pytest.raises(ValueError, match="'step_size' must be a positive number"):
+        get_solver("dps")(prior, x, sigmas, operator=op, measurement=y, step_size=0.0)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        get_solver("dps")(prior, x, sigmas, operator=op, measurement=y * float("nan"))
+    with pytest.raises(ValueError, match="'inner_steps' must be an integer"):
+        get_solver("sitcom")(prior, x, sigmas, operator=op, measurement=y, inner_steps=2.5)
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_callback_every_step_and_no_graph(name):
+    prior, x, sigmas, op, y = setup()
+    seen = []
+    out = get_solver(name)(prior, x, sigmas, callback=seen.append, operator=op, measurement=y,
+                           **FAST.get(name, {}))
+    assert [c["i"] for c in seen] == list(range(len(sigmas) - 1))
+    for c in seen:
+        assert set(c) >= {"x", "i", "sigma", "sigma_hat", "denoised"}
+        assert not c["x"].requires_grad and not c["denoised"].requires_grad
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert torch.isfinite(out).all()
+    assert not out.requires_grad and out.grad_fn is None
+
+
+@pytest.mark.parametrize("name", POSTERIOR)
+def test_runs_under_inference_mode(name):
+    """ComfyUI runs every prompt under inference_mode with inference-tensor inputs."""
+    prior, x, sigmas, op, y = setup()
+    with torch.inference_mode():
+        xi, yi, si = x.clone(), y.clone(), sigmas.clone()
+        out = get_solver(name)(prior, xi, si, operator=op, measurement=yi, **FAST[name])
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", POSTERIOR)
+def test_seeded_determinism(name):
+    a = run(name, seed=0)
+    b = run(name, seed=0)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["resample", "sitcom", "daps", "dps"])
+def test_solver_seed_changes_stochastic_solvers(name):
+    prior, x, sigmas, op, y = setup()
+    f = get_solver(name)
+    a = f(prior, x, sigmas, operator=op, measurement=y, seed=1, **FAST[name])
+    b = f(prior, x, sigmas, operator=op, measurement=y, seed=2, **FAST[name])
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name,opts", [("dps", {"eta": 0.0}), ("psld", {}), ("unconditional", {})])
+def test_batch_of_n_equals_n_runs(name, opts):
+    """Deterministic configurations: each sample of a batch equals the same sample run alone."""
+    prior, x, sigmas, op, y = setup(batch=3)
+    f = get_solver(name)
+    batch = f(prior, x, sigmas, operator=op, measurement=y, **opts)
+    for i in range(3):
+        alone = f(prior, x[i : i + 1], sigmas, operator=op, measurement=y[i : i + 1], **opts)
+        torch.testing.assert_close(batch[i : i + 1], alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", POSTERIOR)
+def test_float64_stays_float64(name):
+    prior, x, sigmas, op, y = setup(dtype=torch.float64)
+    out = get_solver(name)(prior, x, sigmas.double(), operator=op, measurement=y, **FAST[name])
+    assert out.dtype == torch.float64
+
+
+@pytest.mark.parametrize("name", POSTERIOR)
+def test_reduces_measurement_residual(name):
+    """Every posterior solver fits the measurement better than unconditional sampling does."""
+    prior, x, sigmas, op, y = setup(batch=4, seed=3)
+    base = get_solver("unconditional")(prior, x, sigmas, operator=op, measurement=y)
+    out = get_solver(name)(prior, x, sigmas, operator=op, measurement=y, **FAST[name])
+    assert (op(out) - y).norm() < (op(base) - y).norm()
+
+
+def _ctx(noise_scaling):
+    return SolverContext(model=None, extra_args={}, sigmas=torch.tensor([1.0, 0.0]),
+                         options={"noise_scaling": noise_scaling}, generator=torch.Generator().manual_seed(0),
+                         batch=1)
+
+
+def test_noise_space_coefficients():
+    ve, flow = _ctx(ve_noise_scaling), _ctx(flow_noise_scaling)
+    s = torch.tensor(3.0)
+    assert ve.coefficients(s) == (1.0, 3.0)
+    assert ve.vp_scale(s) == pytest.approx(math.sqrt(10))
+    assert ve.alpha_bar(s) == pytest.approx(1 / 10)  # abar = 1 / (1 + sigma^2)
+    assert flow.coefficients(torch.tensor(0.25)) == (0.75, 0.25)
+    assert ve.vp_step_factor(s, torch.tensor(1.0)) == pytest.approx(math.sqrt(10) * math.sqrt(2))
+
+
+def test_ddim_step_matches_k_diffusion_ancestral():
+    """VE space, eta = 1: the same distribution as k-diffusion's Euler-ancestral step
+    (sigma_down / sigma_up from get_ancestral_step), derived independently here."""
+    ctx = _ctx(ve_noise_scaling)
+    s, s_next = torch.tensor(2.0), torch.tensor(1.0)
+    x, x0 = torch.full((1, 4), 3.0), torch.full((1, 4), 1.0)
+    sigma_up = min(1.0, math.sqrt(s_next**2 * (s**2 - s_next**2) / s**2))
+    sigma_down = math.sqrt(s_next**2 - sigma_up**2)
+    expected_mean = x0 + sigma_down * (x - x0) / s
+    ctx.randn_like = lambda t: torch.zeros_like(t)  # noqa: E731 - isolate the mean
+    torch.testing.assert_close(ctx.ddim_step(x, x0, s, s_next, eta=1.0), expected_mean)
+    ctx.randn_like = lambda t: torch.ones_like(t)  # noqa: E731 - isolate the noise coefficient
+    torch.testing.assert_close(ctx.ddim_step(x, x0, s, s_next, eta=1.0), expected_mean + sigma_up)
+    # eta = 0 is the Euler step of the probability-flow ODE
+    torch.testing.assert_close(ctx.ddim_step(x, x0, s, s_next, 0.0), x + (s_next - s) * (x - x0) / s)
+
+
+def test_flow_space_euler_step():
+    ctx = _ctx(flow_noise_scaling)
+    s, s_next = torch.tensor(0.8), torch.tensor(0.5)
+    x, x0 = torch.full((1, 3), 0.3), torch.full((1, 3), -0.4)
+    # rectified flow: velocity (x - x0) / sigma, Euler x + (s_next - s) * v
+    torch.testing.assert_close(ctx.ddim_step(x, x0, s, s_next, 0.0), x + (s_next - s) * (x - x0) / s)
+
+
+@pytest.mark.parametrize("space", ["ve", "flow"])
+def test_unconditional_reaches_point_mass(space):
+    """A point-mass prior's denoiser always returns the point: every step lands on it at sigma 0."""
+    point = torch.randn(2, 1, 4, 4)
+    sigmas = torch.tensor([0.99, 0.6, 0.3, 0.0]) if space == "flow" else karras(5)
+    scaling = flow_noise_scaling if space == "flow" else ve_noise_scaling
+    x = scaling(sigmas[0], torch.randn_like(point), point)
+    out = get_solver("unconditional")(lambda x, s, **k: point.clone(), x, sigmas, operator=make("identity"),
+                                      measurement=point, noise_scaling=scaling)
+    torch.testing.assert_close(out, point)
+
+
+class CountingPenalty:
+    """Stand-in for EquiReg: active on even steps only; counts evaluations."""
+
+    def __init__(self):
+        self.calls = []
+
+    def is_active(self, step, total_steps):
+        return step % 2 == 0
+
+    def __call__(self, x, step, total_steps):
+        assert self.is_active(step, total_steps)
+        self.calls.append(step)
+        return (x.reshape(x.shape[0], -1) ** 2).sum(1) * 0.01
+
+
+@pytest.mark.parametrize("name", ["dps", "psld", "daps"])
+def test_equireg_enters_the_differentiated_loss(name):
+    reg = CountingPenalty()
+    with_reg = run(name, equireg=reg)
+    assert reg.calls and all(s % 2 == 0 for s in reg.calls)
+    assert not torch.equal(with_reg, run(name))
+
+
+def test_equireg_in_resample_consistency_objective():
+    reg = CountingPenalty()
+    run("resample", equireg=reg)
+    assert reg.calls, "the penalty must enter the consistency optimisation"
+
+
+def test_batched_adam_freezes_inactive_samples_and_matches_torch():
+    p = torch.randn(2, 5)
+    grad = torch.randn(2, 5)
+    opt = BatchedAdam(p, lr=0.1, weight_decay=0.01)
+    out = opt.step(p, grad, torch.tensor([True, False]))
+    assert torch.equal(out[1], p[1])
+    ref = p[:1].clone().requires_grad_(True)
+    torch_opt = torch.optim.AdamW([ref], lr=0.1, weight_decay=0.01)
+    ref.grad = grad[:1].clone()
+    torch_opt.step()
+    torch.testing.assert_close(out[:1], ref.detach())
