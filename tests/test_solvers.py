@@ -262,3 +262,17 @@ def test_batched_adam_freezes_inactive_samples_and_matches_torch():
     ref.grad = grad[:1].clone()
     torch_opt.step()
     torch.testing.assert_close(out[:1], ref.detach())
+
+
+@pytest.mark.parametrize("name", POSTERIOR)
+def test_real_equireg_changes_every_posterior_solver(name):
+    """The real EquiReg (non-equivariant conv as f, hflip) plugs into every posterior solver."""
+    from samplers.equireg import EquiReg
+
+    conv = torch.nn.Conv2d(1, 2, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=torch.Generator().manual_seed(5)))
+    conv.requires_grad_(False)
+    reg = EquiReg(conv, group="hflip", form="equi", alpha=0.5, schedule="every")
+    overrides = {"interval": 1} if name == "resample" else {}
+    assert not torch.equal(run(name, equireg=reg, **overrides), run(name, **overrides))
