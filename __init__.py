@@ -1,13 +1,10 @@
 """ComfyUI entry point of the EquiReg node pack.
 
 ComfyUI imports this file as a package. Nothing heavy is imported here: the node modules are
-imported only when ComfyUI asks for them through ``comfy_entrypoint``; outside ComfyUI (pytest,
-benchmarks) importing this file costs nothing.
+imported only when ComfyUI calls ``comfy_entrypoint``; outside ComfyUI (pytest, benchmarks)
+importing this file costs nothing. ``NODE_CLASS_MAPPINGS`` must not be defined here: ComfyUI uses it
+instead of ``comfy_entrypoint`` when it exists, and this pack's nodes are V3 nodes.
 """
-
-WEB_DIRECTORY = None
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 
 
 async def comfy_entrypoint():
