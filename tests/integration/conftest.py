@@ -543,3 +543,9 @@ def equireg_object_info(comfy: ComfyClient) -> dict:
     return {
         k: v for k, v in comfy.object_info.items() if v.get("python_module") == f"custom_nodes.{PACK_FOLDER}"
     }
+
+
+@pytest.fixture(scope="session")
+def make_test_image():
+    """:func:`synthetic_image` (a fixture, so test modules need not import this conftest)."""
+    return synthetic_image
