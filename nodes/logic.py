@@ -175,8 +175,8 @@ def simulate(
 ) -> tuple[Measurement, torch.Tensor]:
     """Simulate Measurement: y = A(x) + noise for a clean IMAGE; returns the MEASUREMENT and a view IMAGE.
 
-    Image i of the batch gets noise from a generator seeded with ``seed + i``, so it gets the same noise
-    as when it is measured alone with that seed.
+    Image i of the batch gets noise from a generator seeded with ``seed + i`` (modulo 2**64), so it gets
+    the same noise as when it is measured alone with that seed.
     """
     x = convert.image_to_samplers(image, "image")
     b, c, h, w = x.shape
@@ -185,12 +185,8 @@ def simulate(
     noise_model = make_noise(noise, sigma, poisson_rate)
     with torch.no_grad():
         clean = op(x)
-        y = torch.cat(
-            [
-                noise_model(clean[i : i + 1], generator=torch.Generator().manual_seed(int(seed) + i))
-                for i in range(b)
-            ]
-        )
+        generators = [torch.Generator().manual_seed((int(seed) + i) % 2**64) for i in range(b)]
+        y = torch.cat([noise_model(clean[i : i + 1], generator=generators[i]) for i in range(b)])
     y = y.detach().float().contiguous()
     m = Measurement(
         operator=op,

@@ -194,6 +194,13 @@ def test_simulate_batch_is_independent_runs():
         torch.testing.assert_close(batch.y[i:i + 1], alone.y)
 
 
+def test_simulate_seed_wraps_at_the_widget_maximum():
+    img = comfy_image(2, 8, 8)
+    top, _ = logic.simulate(img, logic.operator_spec("identity"), sigma=0.1, seed=2**64 - 1)  # ComfyUI's max
+    wrapped, _ = logic.simulate(img[1:], logic.operator_spec("identity"), sigma=0.1, seed=0)
+    torch.testing.assert_close(top.y[1:], wrapped.y)
+
+
 def test_simulate_without_noise_is_the_operator():
     img = comfy_image(1, 10, 8)
     m, view = logic.simulate(img, logic.operator_spec("hdr", hdr_scale=2.0), noise="none")
