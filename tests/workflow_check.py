@@ -15,6 +15,7 @@ from_node, from_slot, to_node, to_slot, type], ...], "last_node_id", "last_link_
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -38,8 +39,24 @@ FILE_COMBOS = {
     "clip_vision_name",
     "image",
     "mpe_file",
+    "model_name",
+    "gligen_name",
+    "clip_name4",
+    "file",
 }
 MUTED_MODES = (2, 4)  # never / bypass: such nodes do not run, so unconnected inputs are fine
+
+
+def without_file_lists(info: dict) -> dict:
+    """A copy of a node schema with the (environment-dependent) file-name dropdowns emptied."""
+    info = json.loads(json.dumps(info))
+    for section in ("required", "optional"):
+        for name, spec in info.get("input", {}).get(section, {}).items():
+            if name in FILE_COMBOS and isinstance(spec[0], list):
+                spec[0] = []
+            elif name in FILE_COMBOS and len(spec) > 1 and "options" in spec[1]:
+                spec[1]["options"] = []
+    return info
 
 
 def schema_inputs(info: dict) -> list[tuple[str, str, Any, dict, bool]]:

@@ -19,7 +19,7 @@ import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
-from workflow_check import FILE_COMBOS, FRONTEND_ONLY, check_workflow  # noqa: E402
+from workflow_check import FRONTEND_ONLY, check_workflow, without_file_lists  # noqa: E402
 
 CORE_FIXTURE = TESTS / "fixtures" / "comfyui_object_info_core.json"
 EXAMPLES = sorted((TESTS.parent / "example_workflows").glob("*.json"))
@@ -38,18 +38,6 @@ EXTRA_CORE_NODES = [
     "ImageCompositeMasked",
     "LatentUpscaleBy",
 ]
-
-
-def _without_file_lists(info: dict) -> dict:
-    """A schema with the environment-dependent file-name dropdowns emptied."""
-    info = json.loads(json.dumps(info))
-    for section in ("required", "optional"):
-        for name, spec in info.get("input", {}).get(section, {}).items():
-            if name in FILE_COMBOS and isinstance(spec[0], list):
-                spec[0] = []
-            elif name in FILE_COMBOS and len(spec) > 1 and "options" in spec[1]:
-                spec[1]["options"] = []
-    return info
 
 
 def _core_types_used_by_examples(live: dict) -> set[str]:
@@ -82,7 +70,7 @@ def test_core_fixture_matches_the_server_and_covers_the_examples(comfy):
     differ = sorted(
         t
         for t in set(fixture) - {"_source"}
-        if t in live and _without_file_lists(fixture[t]) != _without_file_lists(live[t])
+        if t in live and without_file_lists(fixture[t]) != without_file_lists(live[t])
     )
     assert not differ, f"{CORE_FIXTURE.name} differs from the live server for {differ}"
 
