@@ -344,6 +344,9 @@ def test_pixel_nodes_are_registered(comfy, tiny_adm, equireg_object_info):
     live = comfy.get("/object_info/EquiRegLoadPixelDiffusionModel").json()["EquiRegLoadPixelDiffusionModel"]
     options = live["input"]["required"]["model_name"][1]["options"]
     assert {tiny_adm["safetensors"], tiny_adm["pt"]} <= set(options), options
+    # The example workflows are offered in the frontend's template browser under the pack's folder name.
+    templates = comfy.get("/workflow_templates").json()
+    assert set(EXAMPLES) <= set(templates.get("equireg_nodes", [])), templates
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
@@ -523,6 +526,13 @@ def test_inproc_model_is_a_comfy_eps_model_on_the_adm_schedule(inproc):
     assert torch.equal(ms.sigmas, logic.schedule_sigmas().float())
     # A model_sampling rebuilt from the config (as the ModelSamplingDiscrete node does) is the same table.
     assert torch.equal(comfy.model_sampling.ModelSamplingDiscrete(base.model_config).sigmas, ms.sigmas)
+    # BasicScheduler "normal" with 1000 steps (the example workflows) visits every timestep 999..0 of the
+    # reference's DDPM loop, then 0.
+    import comfy.samplers
+
+    grid = comfy.samplers.calculate_sigmas(ms, "normal", 1000)
+    assert grid.shape == (1001,) and grid[-1] == 0
+    torch.testing.assert_close(grid[:-1].float(), ms.sigmas.flip(0), rtol=1e-6, atol=0)
     fmt = base.latent_format
     assert fmt.latent_channels == 3 and fmt.scale_factor == 1.0 and len(fmt.latent_rgb_factors) == 3
     z = torch.randn(2, 3, 5, 7)
