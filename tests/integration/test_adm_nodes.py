@@ -22,6 +22,7 @@ import json
 import math
 import os
 import sys
+import uuid
 from collections import deque
 from pathlib import Path
 
@@ -145,9 +146,10 @@ def _topological(api: dict) -> list[str]:
     return order
 
 
-def api_to_ui(api: dict, object_info: dict, layout: dict[str, tuple[float, float]], workflow_id: str) -> dict:
+def api_to_ui(api: dict, object_info: dict, layout: dict[str, tuple[float, float]], name: str) -> dict:
     """A UI-format (litegraph, version 0.4) workflow for an API prompt: sockets, positional widget values
-    (seeds 'fixed'), links, positions from ``layout`` and a size estimate."""
+    (seeds 'fixed'), links, positions from ``layout`` and a size estimate; its id is a UUID derived from
+    ``name`` (the frontend's schema requires a UUID)."""
     order = {nid: i for i, nid in enumerate(_topological(api))}
     links: list[list] = []
     out_links: dict[tuple[str, int], list[int]] = {}
@@ -194,12 +196,13 @@ def api_to_ui(api: dict, object_info: dict, layout: dict[str, tuple[float, float
     for ui in nodes:
         info = object_info[ui["type"]]
         ui["outputs"] = [
-            {"name": name, "type": kind, "links": out_links.get((str(ui["id"]), slot)) or None,
+            {"name": out_name, "type": kind, "links": out_links.get((str(ui["id"]), slot)) or None,
              "slot_index": slot}
-            for slot, (name, kind) in enumerate(zip(info["output_name"], info["output"], strict=True))
+            for slot, (out_name, kind) in enumerate(zip(info["output_name"], info["output"], strict=True))
         ]
     return {
-        "id": workflow_id, "revision": 0, "last_node_id": max(int(n) for n in api),
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"equireg/example_workflows/{name}")), "revision": 0,
+        "last_node_id": max(int(n) for n in api),
         "last_link_id": len(links),
         "nodes": nodes, "links": links, "groups": [], "config": {},
         "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}}, "version": 0.4,
@@ -320,7 +323,7 @@ def example_files(comfy) -> dict[str, Path]:
         for name, make in EXAMPLES.items():
             api, layout = make()
             api = complete_prompt(api, comfy.object_info)
-            ui = api_to_ui(api, comfy.object_info, layout, workflow_id=f"equireg-{name}")
+            ui = api_to_ui(api, comfy.object_info, layout, name)
             example_path(name).write_text(json.dumps(ui, indent=1) + "\n")
     return {name: example_path(name) for name in EXAMPLES}
 
@@ -370,6 +373,39 @@ def test_example_workflow_is_the_api_graph(comfy, example_files, name):
         target = by_id[dst]["inputs"][dst_slot]
         assert target["type"] == kind and target["link"] == link_id
         assert link_id in by_id[src]["outputs"][slot]["links"]
+
+
+def frontend_widget_count(info: dict) -> int:
+    """How many widgets_values the ComfyUI frontend (1.27) expects for a node: one per widget, plus the
+    'control after generate' widget that it adds to an INT input with ``control_after_generate``, or, when
+    the schema does not say (``control_after_generate ?? name in ('seed', 'noise_seed')``), to any INT
+    input named seed/noise_seed; plus the upload button of an image-upload combo."""
+    count = 0
+    for _section, name, spec in _inputs(info):
+        if not _is_widget(spec):
+            continue
+        options = spec[1] if len(spec) > 1 else {}
+        control = options.get("control_after_generate")
+        if control is None:
+            control = spec[0] == "INT" and name in ("seed", "noise_seed")
+        count += 1 + int(bool(control)) + int(bool(options.get("image_upload")))
+    return count
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_example_workflow_widgets_as_the_frontend_reads_them(comfy, example_files, name):
+    """The frontend assigns widgets_values by position; with a different count every widget after the
+    first difference gets its neighbour's value (checked in headless Chromium: an INT input named 'seed'
+    without control_after_generate in its schema gets a 'control after generate' widget)."""
+    ui = json.loads(example_files[name].read_text())
+    wrong = []
+    for node in ui["nodes"]:
+        expected = frontend_widget_count(comfy.object_info[node["type"]])
+        if expected != len(node["widgets_values"]):
+            wrong.append(f"node {node['id']} ({node['type']}): {len(node['widgets_values'])} widgets_values, "
+                         f"the frontend expects {expected}")
+    assert not wrong, ("; ".join(wrong) + ". An INT input named 'seed' needs control_after_generate=False "
+                       "(or True) in its schema, or the frontend adds a randomizing seed control to it.")
 
 
 def _metrics_psnr(comfy, entry: dict, node_id: str) -> float:
