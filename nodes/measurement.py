@@ -103,6 +103,9 @@ class EquiRegOperator(io.ComfyNode):
                     default=0,
                     min=0,
                     max=2**31 - 1,
+                    # explicit False: the frontend otherwise adds a "randomize" control to any INT named seed,
+                    # which re-draws the operator every run and shifts the positional widget values
+                    control_after_generate=False,
                     tooltip="motion_blur: seed of the random kernel; inpainting: seed of the random "
                     "pixels or of a randomly placed box. The same seed gives the same operator.",
                 ),

@@ -197,3 +197,12 @@ def test_comfy_infra_nodes_execute(comfy_nodes):
     psnr, ssim, text = out.args
     assert psnr == float("inf") or psnr > 0
     assert out.ui == {"text": [text]} and text.startswith("x: PSNR")
+
+
+def test_seed_inputs_declare_control_after_generate():
+    """The frontend adds a "control after generate" widget to any INT input named seed/noise_seed that
+    does not say otherwise; an undeclared one re-randomises the value and shifts positional widgets."""
+    for node_id, info in load_fixture().items():
+        for _, name, spec in inputs_of(info):
+            if name in ("seed", "noise_seed") and spec[0] == "INT":
+                assert "control_after_generate" in spec[1], f"{node_id}.{name}"
