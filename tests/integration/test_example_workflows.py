@@ -337,3 +337,32 @@ def _check_measurement_view(comfy: ComfyClient, entry: dict, prompt: dict, y: to
         f = shown.shape[-1] // expected.shape[-1]
         expected = expected.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1)
     assert float((shown - expected).abs().max()) <= 2.5 / 255, "the measurement differs from the nodes' one"
+
+
+def _sampling_nodes(prompt: dict) -> set[str]:
+    return set(nodes_of(prompt, "SamplerCustom") + nodes_of(prompt, "SamplerCustomAdvanced"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cancel_after_step_2_stops_within_a_step(comfy, tiny_checkpoint, test_images, examples, name):
+    names, _ = test_images
+    prompt = shrink(examples[name], name, tiny_checkpoint, names, steps=20)
+    for k in nodes_of(prompt, "SaveImage"):
+        prompt[k]["inputs"]["filename_prefix"] += "_cancel"
+    entry, seen = comfy.run_and_interrupt(prompt, after_progress=2)
+    kinds = [m["type"] for m in seen]
+    assert "execution_interrupted" in kinds or ComfyClient.messages(entry, "execution_interrupted"), kinds
+    samplers = _sampling_nodes(prompt)
+    values = [m["data"]["value"] for m in seen
+              if m["type"] == "progress" and str(m["data"].get("node")) in samplers]
+    assert values and max(values) <= 4, values  # Cancel at 2 takes effect at the next model evaluation
+    assert max(m["data"]["max"] for m in seen if m["type"] == "progress"
+               and str(m["data"].get("node")) in samplers) == 20
+
+
+def test_plain_ksampler_on_the_same_model_after_the_examples(comfy, tiny_checkpoint, ksampler_before):
+    # cfg differs by 1e-6 only, so that ComfyUI does not return its cached result
+    entry = comfy.run(ksampler_graph(tiny_checkpoint, 4.0 + 1e-6, "eqwf_ks_after"))
+    after = comfy.output_images(entry, "7")[0]
+    assert np.isfinite(after).all()
+    assert np.abs(after - ksampler_before).max() <= 2.0 / 255
