@@ -468,6 +468,57 @@ def test_run_after_a_lora_patch(comfy, tiny_checkpoint, photos, lora_name):
     assert np.isfinite(run_images(comfy, gg)[0]).all()
 
 
+@pytest.fixture(scope="module")
+def mpe_file(comfyui_path: Path) -> str:
+    """A small seeded SmallCNN MPE network in models/equireg (the folder the Regularizer node lists)."""
+    equireg = pack_module("samplers.equireg")
+    name = "equireg_test_mpe.safetensors"
+    target = comfyui_path / "models" / "equireg" / name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(3)
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        equireg.save_mpe_cnn(equireg.SmallCNN(base_channels=8, num_blocks=2), tmp)
+        os.replace(tmp, target)
+    return name
+
+
+def test_every_solver_and_mpe_source_runs(comfy, tiny_checkpoint, photos, mpe_file):
+    """One prompt, one branch per solver (small iteration counts), each with another EquiReg source."""
+    name, _ = next(iter(photos.items()))
+    g = base_graph(tiny_checkpoint, [name], "eq_unused")
+    for node in ("10", "11", "12"):
+        del g[node]
+    g["9"]["inputs"]["steps"] = 2
+    cases = {
+        "dps": ({"source": "file", "mpe_file": mpe_file}, {}),
+        "psld": ({"source": "vae_decoder"}, {}),
+        "resample": ({"source": "vae_encoder"}, {"resample_pixel_iters": 3, "resample_latent_iters": 3,
+                                                 "resample_interval": 1}),
+        "sitcom": ({"source": "vae_encoder_after_decoder", "form": "equicon"},
+                   {"sitcom_inner_steps": 2, "sitcom_equi_steps": 2}),
+        "daps": (None, {"daps_langevin_steps": 2, "daps_ode_steps": 2}),
+    }
+    for i, (solver, (reg, options)) in enumerate(cases.items()):
+        ids = [f"{n}{i}" for n in ("reg", "smp", "run", "dec", "save")]
+        equireg = None
+        if reg is not None:
+            g[ids[0]] = regularizer_node(comfy, alpha=0.1, **reg)
+            equireg = [ids[0], 0]
+        g[ids[1]] = posterior_sampler_node(comfy, solver=solver, equireg=equireg, **options)
+        g[ids[2]] = {"class_type": "SamplerCustom",
+                     "inputs": {"model": ["1", 0], "add_noise": True, "noise_seed": SEED, "cfg": CFG,
+                                "positive": ["2", 0], "negative": ["3", 0], "sampler": [ids[1], 0],
+                                "sigmas": ["9", 0], "latent_image": ["7", 0]}}
+        g[ids[3]] = {"class_type": "VAEDecode", "inputs": {"samples": [ids[2], 0], "vae": ["1", 2]}}
+        g[ids[4]] = {"class_type": "SaveImage",
+                     "inputs": {"images": [ids[3], 0], "filename_prefix": f"eq_{solver}"}}
+    entry = comfy.run(g)
+    for i, solver in enumerate(cases):
+        (image,) = comfy.output_images(entry, f"save{i}")
+        assert image.shape == (SIZE, SIZE, 3) and np.isfinite(image).all(), solver
+
+
 def test_equivariance_error_node(comfy, tiny_checkpoint, photos):
     name, _ = next(iter(photos.items()))
     g = {
