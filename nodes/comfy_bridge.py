@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -462,16 +461,3 @@ def step_callback(callback: Callable[[dict], Any] | None) -> Callable[[dict], An
             callback(info)
 
     return on_step
-
-
-def finite_or_raise(x: Tensor, what: str) -> Tensor:
-    if not torch.isfinite(x).all():
-        raise FloatingPointError(f"{what} produced NaN or Inf values; lower the step size")
-    return x
-
-
-def sigma_value(sigma: Tensor) -> float:
-    value = float(sigma.reshape(-1)[0])
-    if not math.isfinite(value):
-        raise FloatingPointError(f"non-finite sigma {value}")
-    return value
