@@ -120,7 +120,7 @@ class Frontend:
         return set(self.page.evaluate("() => Object.keys(LiteGraph.registered_node_types)"))
 
     # -- workflows -----------------------------------------------------------------------------------
-    def load_ui(self, workflow: dict, settle_ms: int = 800) -> dict:
+    def load_ui(self, workflow: dict, name: str = "check", settle_ms: int = 800) -> dict:
         """Load a UI-format workflow like opening a file; report what the frontend made of it.
 
         Returns ``{"nodes": n, "unknown_types": [...], "dialogs": [...], "toasts": [...], "console":
@@ -129,7 +129,8 @@ class Frontend:
         """
         self.close_dialogs()
         start = len(self.console)
-        self.page.evaluate("async (wf) => { await app.loadGraphData(wf, true, true, 'check'); }", workflow)
+        self.page.evaluate("async ([wf, name]) => { await app.loadGraphData(wf, true, true, name); }",
+                           [workflow, name])
         self.page.wait_for_timeout(settle_ms)
         unknown = self.page.evaluate(
             "() => app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type] || "
@@ -183,6 +184,12 @@ class Frontend:
             self.page.wait_for_timeout(300)
         return text
 
-    def click_text(self, text: str) -> None:
-        self.page.get_by_text(text, exact=True).first.click()
+    def click_text(self, text: str, in_dialog: bool = True) -> None:
+        """Click the first element showing exactly ``text``, inside the open dialog unless told otherwise
+        (workflow tabs carry names too); scrolled into view first (the Templates dialog's cards are
+        below the fold)."""
+        scope = self.page.locator(".p-dialog") if in_dialog else self.page
+        loc = scope.get_by_text(text, exact=True).first
+        loc.scroll_into_view_if_needed()
+        loc.click()
         self.page.wait_for_timeout(500)

@@ -342,7 +342,7 @@ def research_compare_equireg_metrics(oi: dict) -> Example:
     ex.add("SaveImage", 7, None, images=both[0], filename_prefix="equireg/compare_dps_equireg")
     err = ex.add("EquiRegEquivarianceError", 7, None, image=both[0], equireg=reg[0])
     ex.group("Simulated measurement", [photo, clean, op, sim, view], GREEN)
-    ex.group("Shared: target latent, schedule, regularizer", [latent, sigmas, reg], CYAN)
+    ex.group("Shared settings", [latent, sigmas, reg], CYAN)
     ex.group("Restore twice, same seed", [plain, with_reg, out_a, out_b], BLUE)
     ex.group("Compare", [img_a, met_a, img_b, met_b, both, err], YELLOW)
     return ex
@@ -490,39 +490,62 @@ def to_ui(frontend, example: Example) -> dict:
     return ui
 
 
-def screenshot(frontend, workflow: dict, path: Path, width: int = 1600, max_bytes: int = 500_000) -> int:
-    """Open a UI workflow as a user would and save a PNG of the canvas (``width`` px wide, < max_bytes).
+_FIT_JS = """
+([top, margin]) => {
+  app.canvas.min_font_size_for_lod = 0;  // draw text at every zoom level
+  const s = app.extensionManager.setting;
+  if (s) { try { s.set('Comfy.Minimap.Visible', false); } catch (e) {} }
+  const g = app.graph, T = LiteGraph.NODE_TITLE_HEIGHT, items = [...g._nodes, ...g._groups];
+  const x0 = Math.min(...items.map(n => n.pos[0])) - margin;
+  const y0 = Math.min(...items.map(n => n.pos[1] - T)) - margin;
+  const x1 = Math.max(...items.map(n => n.pos[0] + n.size[0])) + margin;
+  const y1 = Math.max(...items.map(n => n.pos[1] + n.size[1])) + margin;
+  const el = app.canvas.canvas, w = el.clientWidth, h = el.clientHeight - top;
+  const scale = Math.min(w / (x1 - x0), h / (y1 - y0));
+  app.canvas.ds.scale = scale;
+  app.canvas.ds.offset = [-x0 + (w / scale - (x1 - x0)) / 2, -y0 + top / scale + (h / scale - (y1 - y0)) / 2];
+  app.canvas.setDirty(true, true);
+  const r = el.getBoundingClientRect(), ds = app.canvas.ds;
+  // the graph's rectangle on the page
+  return [r.left + (x0 + ds.offset[0]) * scale, r.top + (y0 + ds.offset[1]) * scale,
+          (x1 - x0) * scale, (y1 - y0) * scale];
+}
+"""
 
-    Rendered at 2x the viewport's detail (level-of-detail switched off, so that small text is drawn),
-    then downsampled with Pillow; returns the file size.
-    """
+
+def render(frontend, workflow: dict, name: str, viewport: tuple[int, int], canvas_only: bool = False):
+    """Open a UI workflow as a user would, fit it into the view and return a Pillow image of the page
+    (or only of the graph's rectangle). Level of detail is switched off, so that text is drawn at any
+    zoom."""
     import io
 
     from PIL import Image
 
     old_viewport = frontend.page.viewport_size
-    frontend.page.set_viewport_size({"width": 2200, "height": 1240})
-    frontend.load_ui(workflow)
-    frontend.evaluate(
-        """() => {
-          app.canvas.min_font_size_for_lod = 0;  // draw text at every zoom level
-          const s = app.extensionManager.setting;
-          if (s) { try { s.set('Comfy.Minimap.Visible', false); } catch (e) {} }
-          const g = app.graph, T = LiteGraph.NODE_TITLE_HEIGHT, items = [...g._nodes, ...g._groups];
-          const x0 = Math.min(...items.map(n => n.pos[0])) - 30;
-          const y0 = Math.min(...items.map(n => n.pos[1] - T)) - 30;
-          const x1 = Math.max(...items.map(n => n.pos[0] + n.size[0])) + 30;
-          const y1 = Math.max(...items.map(n => n.pos[1] + n.size[1])) + 30;
-          const el = app.canvas.canvas, w = el.clientWidth, h = el.clientHeight - 60;
-          const scale = Math.min(w / (x1 - x0), h / (y1 - y0));
-          app.canvas.ds.scale = scale;
-          app.canvas.ds.offset = [-x0 + (w / scale - (x1 - x0)) / 2, -y0 + 60 / scale];
-          app.canvas.setDirty(true, true);
-        }"""
-    )
-    frontend.page.wait_for_timeout(1500)
-    png = frontend.page.screenshot()
-    img = Image.open(io.BytesIO(png)).convert("RGB")
+    frontend.page.set_viewport_size({"width": viewport[0], "height": viewport[1]})
+    try:
+        frontend.page.wait_for_timeout(500)  # the canvas follows the new size asynchronously
+        frontend.load_ui(workflow, name)
+        left, top, width, height = frontend.evaluate(_FIT_JS, [60, 60])
+        frontend.page.wait_for_timeout(1500)
+        img = Image.open(io.BytesIO(frontend.page.screenshot())).convert("RGB")
+    finally:
+        frontend.page.set_viewport_size(old_viewport)
+        frontend.page.wait_for_timeout(500)
+    if canvas_only:
+        img = img.crop((round(left), round(top), round(left + width), round(top + height)))
+    return img
+
+
+def screenshot(frontend, workflow: dict, path: Path, name: str = "workflow", width: int = 1600,
+               max_bytes: int = 500_000) -> int:
+    """A PNG of the workflow in the frontend (``width`` px wide, fewer colours until < ``max_bytes``),
+    rendered at 2200 px and downsampled; returns the file size."""
+    import io
+
+    from PIL import Image
+
+    img = render(frontend, workflow, name, (2200, 1240))
     img = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
     for colors in (None, 256, 128, 64):
         out = img if colors is None else img.quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
@@ -531,8 +554,21 @@ def screenshot(frontend, workflow: dict, path: Path, width: int = 1600, max_byte
         if buf.tell() < max_bytes:
             break
     path.write_bytes(buf.getvalue())
-    frontend.page.set_viewport_size(old_viewport)
     return buf.tell()
+
+
+def thumbnail(frontend, workflow: dict, path: Path, name: str, size: int = 384) -> int:
+    """The Templates dialog's picture of an example (``<name>.jpg`` next to the JSON): the whole graph
+    on the canvas colour, square, ``size`` px; returns the file size."""
+    from PIL import Image
+
+    img = render(frontend, workflow, name, (1500, 1000), canvas_only=True)
+    side = max(img.size)
+    square = Image.new("RGB", (side, side), img.getpixel((2, 2)))  # the canvas colour around the graph
+    square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+    img = square.resize((size, size), Image.LANCZOS)
+    img.save(path, format="JPEG", quality=82, optimize=True)
+    return path.stat().st_size
 
 
 def write(path: Path, workflow: dict) -> None:
@@ -546,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="only take the screenshot")
     parser.add_argument("--screenshot", type=Path,
                         help="also save a PNG of one workflow in the frontend here")
-    parser.add_argument("--screenshot-workflow", default="guider_dpmpp_2m", choices=sorted(BUILDERS),
+    parser.add_argument("--screenshot-workflow", default="sr4_dps_equireg_sd15", choices=sorted(BUILDERS),
                         help="the workflow shown in the screenshot")
     args = parser.parse_args(argv)
 
@@ -591,12 +627,14 @@ def main(argv: list[str] | None = None) -> int:
                           file=sys.stderr)
                     status = 1
                 write(EXAMPLES_DIR / f"{name}.json", ui)
+                thumbnail(fe, ui, EXAMPLES_DIR / f"{name}.jpg", name)
                 print(f"wrote example_workflows/{name}.json ({len(ui['nodes'])} nodes, "
                       f"{len(ui['links'])} links)")
-            if args.screenshot:
+        if args.screenshot:  # in a fresh page: one tab, as a user opening the file sees it
+            with Frontend(url) as fe:
                 name = args.screenshot_workflow
                 workflow = json.loads((EXAMPLES_DIR / f"{name}.json").read_text())
-                size = screenshot(fe, workflow, args.screenshot)
+                size = screenshot(fe, workflow, args.screenshot, name)
                 print(f"wrote {args.screenshot} ({size} bytes) from {name}")
     finally:
         if server is not None:
