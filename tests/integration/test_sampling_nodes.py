@@ -351,6 +351,7 @@ def test_dps_with_equireg_and_ancestral_eta_runs(comfy, tiny_checkpoint, photos)
     name, _ = next(iter(photos.items()))
     g = base_graph(tiny_checkpoint, [name], "eq_dps_equireg")
     g["15"] = regularizer_node(comfy, source="vae_decoder", form="equi", alpha=0.5)
+    g["9"]["inputs"]["steps"] = 2
     g["8"] = posterior_sampler_node(comfy, dps_step_size=1.0, dps_eta=1.0, equireg=["15", 0])
     first = run_images(comfy, g)[0]
     assert np.isfinite(first).all()
