@@ -41,20 +41,15 @@ import comfy.model_management
 import comfy.model_sampling
 import torch
 
-if __package__ and "." in __package__:
-    from ..samplers.equireg import (
-        EquiReg,
-        decoder_mpe,
-        encoder_after_decoder_mpe,
-        encoder_mpe,
-        load_mpe_cnn,
-    )
-    from ..samplers.solvers import flow_noise_scaling, ve_noise_scaling
-    from .types import EquiRegSpec, Measurement
-else:  # pragma: no cover - only for tools that import nodes as a top-level package
-    from nodes.types import EquiRegSpec, Measurement
-    from samplers.equireg import EquiReg, decoder_mpe, encoder_after_decoder_mpe, encoder_mpe, load_mpe_cnn
-    from samplers.solvers import flow_noise_scaling, ve_noise_scaling
+from ..samplers.equireg import (
+    EquiReg,
+    decoder_mpe,
+    encoder_after_decoder_mpe,
+    encoder_mpe,
+    load_mpe_cnn,
+)
+from ..samplers.solvers import flow_noise_scaling, ve_noise_scaling
+from .types import EquiRegSpec, Measurement
 
 Tensor = torch.Tensor
 log = logging.getLogger("equireg")

@@ -10,10 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-if __package__ and "." in __package__:
-    from ..samplers.equireg import EquiReg
-else:
-    from samplers.equireg import EquiReg
+from ..samplers.equireg import EquiReg
 
 Tensor = torch.Tensor
 

@@ -17,35 +17,21 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..samplers.equireg import (
+    FORMS,
+    GROUPS,
+    REDUCTIONS,
+    SCHEDULES,
+    EquiReg,
+    decoder_mpe,
+    encoder_after_decoder_mpe,
+    encoder_mpe,
+    load_mpe_cnn,
+)
 from . import comfy_bridge as bridge
 from . import convert
 from .equivariance import check_source_form, equivariance_report, error_text, heat_map_image
 from .types import EQUIREG_SOURCES, EquiRegSpec, EquiRegType
-
-if __package__ and "." in __package__:
-    from ..samplers.equireg import (
-        FORMS,
-        GROUPS,
-        REDUCTIONS,
-        SCHEDULES,
-        EquiReg,
-        decoder_mpe,
-        encoder_after_decoder_mpe,
-        encoder_mpe,
-        load_mpe_cnn,
-    )
-else:  # pragma: no cover - nodes is a package inside ComfyUI
-    from samplers.equireg import (
-        FORMS,
-        GROUPS,
-        REDUCTIONS,
-        SCHEDULES,
-        EquiReg,
-        decoder_mpe,
-        encoder_after_decoder_mpe,
-        encoder_mpe,
-        load_mpe_cnn,
-    )
 
 CATEGORY = "EquiReg/regularizer"
 MPE_FOLDER = "equireg"

@@ -22,13 +22,9 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
+from ..samplers.solvers import get_solver, solver_option_docs, solver_options
 from . import comfy_bridge as bridge
 from .types import EquiRegType, MeasurementType
-
-if __package__ and "." in __package__:
-    from ..samplers.solvers import get_solver, solver_option_docs, solver_options
-else:  # pragma: no cover - nodes is a package inside ComfyUI
-    from samplers.solvers import get_solver, solver_option_docs, solver_options
 
 CATEGORY = "EquiReg/sampling"
 

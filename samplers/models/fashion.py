@@ -195,7 +195,7 @@ def load_mpe(path: str | Path | None = None, device: torch.device | str | None =
     """The MPE function f for EquiReg: a :class:`samplers.equireg.SmallCNN` (Fashion-MNIST classifier
     trained with flip/rotation augmentation); ``f(x)`` maps (B, 1, H, W) images in [-1, 1] to spatial
     feature maps (B, 128, H/8, W/8), on which the group acts spatially."""
-    from samplers.equireg.mpe import load_mpe_cnn  # deferred: the regularizer package is optional here
+    from ..equireg.mpe import load_mpe_cnn  # deferred: the regularizer package is optional here
 
     return load_mpe_cnn(_resolve(path, MPE_FILE), device=device, dtype=dtype)
 
@@ -246,7 +246,7 @@ def relative_equivariance_error(f: nn.Module, x: torch.Tensor, group: str = "hfl
     makes inputs whose features are larger or smaller (noisy / blurred images) comparable; the value
     lies in [0, 2]. ``g`` defaults to the group's first run-time element (hflip; +90 degrees for rot90).
     """
-    from samplers.equireg.groups import get_group  # deferred: the regularizer package is optional here
+    from ..equireg.groups import get_group  # deferred: the regularizer package is optional here
 
     grp = get_group(group)
     g = grp.sample_from[0] if g is None else grp.check_element(g)
