@@ -274,3 +274,11 @@ def test_checker_rejects_api_format():
     assert check_workflow({"1": {"class_type": "LoadImage", "inputs": {}}}, SCHEMAS)[0].startswith(
         "not a UI-format"
     )
+
+
+def test_checker_upload_slot_only_on_upload_widgets():
+    """Frontend 1.27 saves LoadImage's upload button as an unlinked input slot named "upload"."""
+    upload = {"name": "upload", "type": "IMAGEUPLOAD", "widget": {"name": "upload"}, "link": None}
+    assert _broken(lambda wf: node(wf, 2).setdefault("inputs", []).append(dict(upload))) == []
+    problems = _broken(lambda wf: node(wf, 11).setdefault("inputs", []).append(dict(upload)))
+    assert any("input 'upload' does not exist" in p for p in problems), problems

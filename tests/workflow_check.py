@@ -193,7 +193,13 @@ def check_workflow(workflow: Any, schemas: dict, require_fixed_seeds: bool = Tru
             name: (kind, raw, options, required) for name, kind, raw, options, required in schema_inputs(info)
         }
         ui_inputs = node.get("inputs") or []
+        # frontend 1.27 saves an upload button (an input with image_upload/..._upload: True) as a slot
+        # named "upload"; it is a widget of the frontend, not an input of the server
+        has_upload = any(key.endswith("_upload") and value is True
+                         for _, _, _, options, _ in schema_inputs(info) for key, value in options.items())
         for slot in ui_inputs:
+            if slot.get("name") == "upload" and has_upload and slot.get("link") is None:
+                continue
             if slot.get("name") not in inputs:
                 problems.append(
                     f"{where}: input {slot.get('name')!r} does not exist (inputs: {list(inputs)})"
