@@ -1,0 +1,323 @@
+"""Reconstruction quality on held-out Fashion-MNIST test images: every solver x EquiReg variant x steps.
+
+Usage::
+
+    python -m bench.quality [--quick] [--tasks ...] [--solvers ...] [--variants ...]
+                            [--steps 25 50 100 250] [--images 64] [--alpha 0.01] [--seed 0] [--out docs/]
+
+For each task of :mod:`bench.tasks` the first ``--images`` held-out test images are measured once
+(y = A x + 0.05 noise, seeded); every (solver, variant, steps) then starts from the same seeded x_T
+of its prior and runs with the same solver seed. Metrics per image: PSNR and SSIM (data range 2 on
+[-1, 1]), ST-LPIPS (AlexNet, shift-tolerant; lower is better; needs ``stlpips-pytorch``), and the
+measurement residual RMS(A x_hat - y) (about sigma_y = 0.05 when x_hat explains y). Reported: mean
+and 95% t-interval of the mean over images.
+
+Outputs written to ``--out``: ``bench_quality.md`` (tables), ``bench_quality.json`` (per-image
+values), ``bench_quality_<task>.png`` (metric vs steps) and ``bench_quality_grid.png`` (first images,
+largest step count). Nothing here is tuned on the test images: the solver options are the
+references' defaults (DPS: the reference per-task step size), alpha is one fixed value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import types
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.tasks import (
+    SIGMA_Y,
+    SOLVER_NAMES,
+    SOLVER_PRIOR,
+    TASKS,
+    VARIANTS,
+    Models,
+    check_names,
+    get_task,
+    load_models,
+    make_equireg,
+    mean_ci95,
+    measure,
+    residual_rms,
+    run_solver_on,
+    solver_options_for,
+)
+from samplers.metrics import psnr, ssim
+
+QUICK = {"tasks": ["sr4", "box_inpaint"], "solvers": ["dps", "psld"], "variants": ["none", "equi"],
+         "steps": [10], "images": 4}
+METRICS = ("psnr", "ssim", "lpips", "residual")
+METRIC_LABELS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "ST-LPIPS ↓", "residual": "residual RMS"}
+LPIPS_SIZE = 128  # images are upsampled (bilinear) to this size before ST-LPIPS; see load_stlpips
+
+
+def load_stlpips(device: torch.device | str = "cpu") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """ST-LPIPS (AlexNet, shift-tolerant weights bundled in ``stlpips-pytorch``) as ``d(x, ref) -> (B,)``.
+
+    Gray images are repeated to 3 channels and upsampled to 128 px: AlexNet's deeper layers have a
+    receptive field far larger than 32 px (at 32 px they are 1x1). The package imports IPython and
+    torchsummary only for debugging helpers; stand-in modules are inserted when those are absent.
+    Raises ImportError (with the reason) when the package or its torchvision cannot be loaded.
+    """
+    for name in ("IPython", "torchsummary"):
+        if name not in sys.modules:
+            try:
+                __import__(name)
+            except ImportError:
+                stub = types.ModuleType(name)
+                stub.embed = lambda *a, **k: None  # type: ignore[attr-defined]
+                stub.summary = lambda *a, **k: None  # type: ignore[attr-defined]
+                sys.modules[name] = stub
+    try:
+        from stlpips_pytorch import stlpips
+    except Exception as err:  # ImportError, or torchvision failing to register its ops
+        raise ImportError(f"stlpips-pytorch could not be imported ({type(err).__name__}: {err})") from err
+    net = stlpips.LPIPS(net="alex", variant="shift_tolerant", verbose=False).to(device).eval()
+    net.requires_grad_(False)
+
+    def distance(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        def prep(t: torch.Tensor) -> torch.Tensor:
+            t = t.float()
+            if t.shape[1] == 1:
+                t = t.repeat(1, 3, 1, 1)
+            return torch.nn.functional.interpolate(t, size=(LPIPS_SIZE, LPIPS_SIZE), mode="bilinear",
+                                                   align_corners=False)
+
+        with torch.no_grad():
+            return net(prep(x), prep(ref)).flatten()
+
+    return distance
+
+
+def image_metrics(rec: torch.Tensor, ref: torch.Tensor, op: Any, y: torch.Tensor,
+                  lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+                  ) -> dict[str, list[float]]:
+    """Per-image metrics of reconstructions ``rec`` against ``ref`` (both (B, C, H, W) in [-1, 1])."""
+    out = {"psnr": psnr(rec, ref, 2.0).tolist(), "ssim": ssim(rec, ref, 2.0).tolist(),
+           "residual": residual_rms(op, rec, y).tolist()}
+    if lpips is not None:
+        out["lpips"] = lpips(rec, ref).tolist()
+    return out
+
+
+def run_quality(models: Models, images: torch.Tensor, tasks: Sequence[str], solvers: Sequence[str],
+                variants: Sequence[str], steps: Sequence[int], alpha: float = 0.01, seed: int = 0,
+                lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run every (task, solver, variant, steps); returns the per-image results and sample images.
+
+    ``images``: (N, 1, 32, 32) ground truth in [-1, 1]. The measurement seed of task i is
+    ``seed + 1000 * (i + 1)``; every run uses solver seed ``seed`` and the same x_T per prior.
+    """
+    runs: list[dict[str, Any]] = []
+    samples: dict[str, dict[str, torch.Tensor]] = {}
+    for ti, task in enumerate(tasks):
+        op = get_task(task).build()
+        y = measure(op, images, seed + 1000 * (ti + 1), SIGMA_Y)
+        samples[task] = {"ground truth": images[:4]}
+        for n_steps in steps:
+            for solver in solvers:
+                prior = models.priors[SOLVER_PRIOR[solver]]
+                for variant in variants:
+                    equireg = make_equireg(variant, prior, models, alpha, seed=seed)
+                    t0 = time.perf_counter()
+                    rec = run_solver_on(solver, prior, op, y, n_steps, equireg, seed,
+                                        solver_options_for(solver, task))
+                    seconds = time.perf_counter() - t0
+                    vals = image_metrics(rec, images, op, y, lpips)
+                    runs.append({"task": task, "solver": solver, "prior": prior.name, "variant": variant,
+                                 "steps": n_steps, "seconds": seconds, "values": vals})
+                    if n_steps == max(steps):
+                        samples[task][f"{solver} {variant}"] = rec[:4].detach().cpu()
+                    if log is not None:
+                        summary = ", ".join(f"{k} {mean_ci95(v)[0]:.3f}" for k, v in vals.items())
+                        log(f"{task} {solver}/{variant} {n_steps} steps: {summary} ({seconds:.1f} s)")
+    return {"runs": runs, "samples": samples}
+
+
+def _cell(values: list[float] | None, digits: int) -> str:
+    if not values:
+        return "n/a"
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) < len(values):
+        return "non-finite"
+    m, h = mean_ci95(finite)
+    return f"{m:.{digits}f} ± {h:.{digits}f}"
+
+
+def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The Markdown report: settings, a PSNR summary at the largest step count, and full tables."""
+    runs = results["runs"]
+    tasks = list(dict.fromkeys(r["task"] for r in runs))
+    steps_max = max(r["steps"] for r in runs)
+    methods = list(dict.fromkeys((r["solver"], r["prior"], r["variant"]) for r in runs))
+    lines = ["# Reconstruction quality (Fashion-MNIST, 32x32)", "",
+             f"Command: `{meta['command']}`; {meta['images']} held-out test images, seed {meta['seed']}, "
+             f"sigma_y = {SIGMA_Y}, EquiReg alpha = {meta['alpha']} (hflip), wall time "
+             f"{meta['wall_s']:.0f} s on {meta['device']} ({meta['threads']} thread(s)).",
+             "Cells: mean ± half-width of the 95% t-interval over images. "
+             "PSNR/SSIM: higher is better; ST-LPIPS: lower is better; residual = RMS(A x̂ − y), "
+             f"≈ {SIGMA_Y} when x̂ explains y.", ""]
+    if meta.get("lpips_note"):
+        lines += [f"ST-LPIPS: {meta['lpips_note']}", ""]
+    lines += [f"## PSNR (dB) at {steps_max} steps", "",
+              "| solver | prior | EquiReg | " + " | ".join(tasks) + " |",
+              "|---|---|---|" + "---|" * len(tasks)]
+    for solver, prior, variant in methods:
+        cells = []
+        for task in tasks:
+            match = [r for r in runs if (r["task"], r["solver"], r["variant"], r["steps"]) ==
+                     (task, solver, variant, steps_max)]
+            cells.append(_cell(match[0]["values"]["psnr"], 2) if match else "–")
+        lines.append(f"| {solver} | {prior} | {variant} | " + " | ".join(cells) + " |")
+    for task in tasks:
+        lines += ["", f"## {task}: {TASKS[task].description}", "",
+                  "| solver | EquiReg | steps | PSNR | SSIM | ST-LPIPS | residual | seconds |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in runs if r["task"] == task):
+            v = r["values"]
+            lines.append(f"| {r['solver']} | {r['variant']} | {r['steps']} | {_cell(v['psnr'], 2)} | "
+                         f"{_cell(v['ssim'], 3)} | {_cell(v.get('lpips'), 3)} | {_cell(v['residual'], 3)} "
+                         f"| {r['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], out: Path) -> list[Path]:
+    """Metric-vs-steps figures per task and the image grid (PNG); returns the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    runs = results["runs"]
+    for task in dict.fromkeys(r["task"] for r in runs):
+        task_runs = [r for r in runs if r["task"] == task]
+        metrics = [m for m in METRICS if all(m in r["values"] for r in task_runs)]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
+        for ax, metric in zip(axes[0], metrics, strict=True):
+            for solver, variant in dict.fromkeys((r["solver"], r["variant"]) for r in task_runs):
+                pts = sorted((r["steps"], *mean_ci95(r["values"][metric])) for r in task_runs
+                             if (r["solver"], r["variant"]) == (solver, variant))
+                xs, ms, hs = zip(*pts, strict=True)
+                style = {"none": "-", "equi": "--", "equicon": ":"}[variant]
+                ax.errorbar(xs, ms, yerr=hs, linestyle=style, marker="o", capsize=2,
+                            label=f"{solver}/{variant}")
+            ax.set_xscale("log")
+            ax.set_xlabel("steps")
+            ax.set_title(METRIC_LABELS[metric])
+        axes[0][-1].legend(fontsize=7, loc="best")
+        fig.suptitle(f"{task}: {TASKS[task].description}")
+        fig.tight_layout()
+        path = out / f"bench_quality_{task}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    samples = results["samples"]
+    columns = list(dict.fromkeys(c for cols in samples.values() for c in cols))
+    rows = [(task, i) for task in samples for i in range(samples[task]["ground truth"].shape[0])][: 4 * 6]
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(1.3 * len(columns), 1.3 * len(rows)),
+                             squeeze=False)
+    for (task, i), ax_row in zip(rows, axes, strict=True):
+        for col, ax in zip(columns, ax_row, strict=True):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            img = samples[task].get(col)
+            if img is not None:
+                ax.imshow(img[i, 0].numpy(), cmap="gray", vmin=-1, vmax=1)
+            if (task, i) == rows[0]:
+                ax.set_title(col, fontsize=6)
+            if col == columns[0]:
+                ax.set_ylabel(task, fontsize=6)
+    fig.tight_layout()
+    path = out / "bench_quality_grid.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def write_outputs(results: dict[str, Any], meta: dict[str, Any], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "bench_quality.md"
+    md.write_text(markdown(results, meta))
+    js = out / "bench_quality.json"
+    js.write_text(json.dumps({"meta": meta, "runs": results["runs"]}, indent=1))
+    return [md, js, *plot(results, out)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"small smoke run: {QUICK} (explicit options still override)")
+    parser.add_argument("--tasks", nargs="+", default=None, help=f"default: all of {list(TASKS)}")
+    parser.add_argument("--solvers", nargs="+", default=None, help=f"default: all of {list(SOLVER_NAMES)}")
+    parser.add_argument("--variants", nargs="+", default=None, help=f"default: all of {list(VARIANTS)}")
+    parser.add_argument("--steps", nargs="+", type=int, default=None, help="default: 25 50 100 250")
+    parser.add_argument("--images", type=int, default=None, help="number of test images (default 64)")
+    parser.add_argument("--alpha", type=float, default=0.01, help="EquiReg weight (fixed, not tuned)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-lpips", action="store_true", help="skip the ST-LPIPS column")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("docs"))
+    args = parser.parse_args(argv)
+
+    quick = QUICK if args.quick else {}
+    tasks = check_names(args.tasks or quick.get("tasks") or list(TASKS), list(TASKS), "tasks")
+    solvers = check_names(args.solvers or quick.get("solvers") or list(SOLVER_NAMES), SOLVER_NAMES, "solvers")
+    variants = check_names(args.variants or quick.get("variants") or list(VARIANTS), VARIANTS, "variants")
+    steps = args.steps or quick.get("steps") or [25, 50, 100, 250]
+    if any(s < 1 for s in steps) or len(set(steps)) != len(steps):
+        parser.error(f"--steps must be distinct ints >= 1, got {steps}")
+    n_images = args.images or quick.get("images") or 64
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    torch.set_num_threads(args.threads)
+
+    def log(msg: str) -> None:
+        print(f"# {msg}", file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    from samplers.models.fashion import load_test_images
+
+    priors = sorted({SOLVER_PRIOR[s] for s in solvers})
+    try:
+        models = load_models(priors, need_mpe="equi" in variants and "pixel" in priors,
+                             need_autoencoder="equicon" in variants, device=args.device)
+        images, _ = load_test_images(n_images, device=args.device)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    lpips, lpips_note = None, ""
+    if args.no_lpips:
+        lpips_note = "skipped (--no-lpips)."
+    else:
+        try:
+            lpips = load_stlpips(args.device)
+            lpips_note = (f"AlexNet, shift-tolerant weights of stlpips-pytorch, images upsampled to "
+                          f"{LPIPS_SIZE} px.")
+        except ImportError as err:
+            lpips_note = f"column skipped: {err}. Install the `bench` extra (stlpips-pytorch, torchvision)."
+            log(f"ST-LPIPS {lpips_note}")
+    results = run_quality(models, images, tasks, solvers, variants, steps, args.alpha, args.seed, lpips, log)
+    meta = {"command": "python -m bench.quality " + " ".join(sys.argv[1:] if argv is None else argv),
+            "images": n_images, "seed": args.seed, "alpha": args.alpha, "tasks": tasks, "solvers": solvers,
+            "variants": variants, "steps": steps, "device": str(args.device), "threads": args.threads,
+            "lpips_note": lpips_note, "wall_s": time.perf_counter() - t0}
+    for path in write_outputs(results, meta, args.out):
+        log(f"wrote {path}")
+    log(f"wall time {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""bench.quality / bench.tasks: task scaling, statistics, and a tiny end-to-end run with small random
+models (so it runs before and independently of the trained weights), plus the CLI's --quick mode when
+the trained weights are present."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from bench import quality, tasks
+from samplers.equireg import SmallCNN
+from samplers.models.autoencoder import KLAutoencoder
+from samplers.models.fashion import LATENT_PRIOR_FILE, PIXEL_PRIOR_FILE
+from samplers.models.small_unet import EDMDenoiser, SmallUNet
+
+
+def test_scaled_odd_kernel_is_nearest_odd():
+    assert tasks.scaled_odd_kernel(61) == 7  # 61 / 8 = 7.6 -> nearest odd is 7
+    assert tasks.scaled_odd_kernel(61, 0.25) == 15  # 15.25
+    assert tasks.scaled_odd_kernel(9, 1 / 8) == 3  # floor at 3
+    for size in (5, 31, 61, 121):
+        k = tasks.scaled_odd_kernel(size)
+        assert k % 2 == 1
+        assert abs(k - size * tasks.SCALE) <= 1.0 or k == 3
+    with pytest.raises(ValueError, match="size"):
+        tasks.scaled_odd_kernel(0)
+
+
+def test_tasks_build_and_scale():
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    shapes = {name: spec.build()(x).shape for name, spec in tasks.TASKS.items()}
+    assert shapes["sr4"] == (2, 1, 8, 8)
+    blur = tasks.TASKS["gaussian_deblur"].build()
+    assert blur.kernel_size == 7 and blur.sigma == pytest.approx(3.0 * 32 / 256)
+    mask = tasks.TASKS["box_inpaint"].build()(torch.ones(1, 1, 32, 32))
+    assert int((mask == 0).sum()) == 16 * 16  # half the side, as 128 of 256
+    rand = tasks.TASKS["random_inpaint"].build()(torch.ones(1, 1, 32, 32))
+    assert abs(float((rand == 0).float().mean()) - 0.7) < 0.05
+    with pytest.raises(ValueError, match="valid tasks"):
+        tasks.get_task("denoise")
+
+
+def test_measurement_is_seeded_and_has_sigma_y_noise():
+    op = tasks.TASKS["sr4"].build()
+    x = torch.zeros(64, 1, 32, 32)
+    y1, y2 = tasks.measure(op, x, 3), tasks.measure(op, x, 3)
+    assert torch.equal(y1, y2)
+    assert not torch.equal(y1, tasks.measure(op, x, 4))
+    assert float(y1.std()) == pytest.approx(tasks.SIGMA_Y, rel=0.1)
+
+
+def test_karras_sigmas():
+    s = tasks.karras_sigmas(5, 0.002, 80.0)
+    assert s.shape == (6,) and float(s[-1]) == 0.0
+    assert float(s[0]) == pytest.approx(80.0) and float(s[-2]) == pytest.approx(0.002)
+    assert bool((s[:-1] > s[1:]).all())
+    with pytest.raises(ValueError, match="steps"):
+        tasks.karras_sigmas(0)
+
+
+def test_mean_ci95_matches_t_interval():
+    from scipy.stats import t
+
+    v = [1.0, 2.0, 4.0, 7.0]
+    m, h = tasks.mean_ci95(v)
+    sd = torch.tensor(v, dtype=torch.float64).std().item()
+    assert m == pytest.approx(3.5)
+    assert h == pytest.approx(t.ppf(0.975, 3) * sd / 2.0)
+    assert tasks.mean_ci95([2.0]) == (2.0, 0.0)
+
+
+def test_check_names_rejects_unknown_and_duplicates():
+    with pytest.raises(ValueError, match="valid solvers"):
+        tasks.check_names(["dps", "ddrm"], tasks.SOLVER_NAMES, "solvers")
+    with pytest.raises(ValueError, match="duplicate"):
+        tasks.check_names(["dps", "dps"], tasks.SOLVER_NAMES, "solvers")
+
+
+def _tiny_models() -> tasks.Models:
+    torch.manual_seed(0)
+    ae = KLAutoencoder(channels=(4, 8, 8)).eval().requires_grad_(False)
+
+    def unet(c):
+        return SmallUNet(in_channels=c, base_channels=8, channel_mult=(1,), attention=False, emb_dim=16)
+
+    pixel = EDMDenoiser(unet(1), 0.5).eval().requires_grad_(False)
+    latent = EDMDenoiser(unet(4), 1.0).eval().requires_grad_(False)
+    mpe = SmallCNN(in_channels=1, base_channels=4, num_blocks=1).eval().requires_grad_(False)
+    priors = {"pixel": tasks.Prior("pixel", pixel, (1, 32, 32), sigma_max=10.0),
+              "latent": tasks.Prior("latent", latent, (4, 8, 8), ae.decode, ae.encode, sigma_max=10.0)}
+    return tasks.Models(priors, mpe, ae)
+
+
+def test_make_equireg_variants():
+    models = _tiny_models()
+    z = torch.randn(2, 4, 8, 8)
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    assert tasks.make_equireg("none", models.priors["pixel"], models, 0.1) is None
+    for prior, inp in (("pixel", x), ("latent", z)):
+        for variant in ("equi", "equicon"):
+            reg = tasks.make_equireg(variant, models.priors[prior], models, 0.1)
+            assert reg.form == variant
+            val = reg(inp, 0, 10)
+            assert val.shape == (2,) and bool(torch.isfinite(val).all()) and bool((val > 0).all())
+    with pytest.raises(ValueError, match="valid variants"):
+        tasks.make_equireg("equimax", models.priors["pixel"], models, 0.1)
+
+
+def test_run_quality_end_to_end(tmp_path):
+    models = _tiny_models()
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    res = quality.run_quality(models, images, ["sr4"], ["dps", "psld"], ["none", "equi"], [2, 3], alpha=0.1)
+    assert len(res["runs"]) == 1 * 2 * 2 * 2
+    for r in res["runs"]:
+        for name in ("psnr", "ssim", "residual"):
+            assert len(r["values"][name]) == 2
+            assert all(math.isfinite(v) for v in r["values"][name])
+    # same images, seeds and x_T: a re-run gives the same numbers
+    again = quality.run_quality(models, images, ["sr4"], ["dps"], ["none"], [2], alpha=0.1)
+    first = next(r for r in res["runs"] if (r["solver"], r["variant"], r["steps"]) == ("dps", "none", 2))
+    assert again["runs"][0]["values"] == first["values"]
+    meta = {"command": "test", "images": 2, "seed": 0, "alpha": 0.1, "wall_s": 1.0, "device": "cpu",
+            "threads": 1, "lpips_note": "skipped"}
+    paths = quality.write_outputs(res, meta, tmp_path)
+    for p in paths:
+        assert p.is_file() and p.stat().st_size > 0
+    assert {p.name for p in paths} >= {"bench_quality.md", "bench_quality_sr4.png", "bench_quality_grid.png"}
+    md = (tmp_path / "bench_quality.md").read_text()
+    assert "| dps | pixel | equi |" in md and "## sr4" in md
+    data = json.loads((tmp_path / "bench_quality.json").read_text())
+    assert len(data["runs"]) == 8
+
+
+def test_cli_rejects_unknown_names(capsys):
+    with pytest.raises(ValueError, match="valid solvers"):
+        quality.main(["--solvers", "ddrm"])
+
+
+@pytest.mark.skipif(not (PIXEL_PRIOR_FILE.is_file() and LATENT_PRIOR_FILE.is_file()),
+                    reason="trained pixel/latent priors not present yet (weights/)")
+def test_cli_quick_with_trained_weights(tmp_path):
+    rc = quality.main(["--quick", "--images", "2", "--steps", "3", "--no-lpips", "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "bench_quality.json").read_text())
+    assert len(data["runs"]) == 2 * 2 * 2
+    for r in data["runs"]:
+        assert all(math.isfinite(v) for vals in r["values"].values() for v in vals)
+    assert (tmp_path / "bench_quality_grid.png").is_file()
+    assert (tmp_path / "bench_quality_box_inpaint.png").is_file()
