@@ -193,6 +193,15 @@ class SolverContext:
         x_leaf = x.detach().clone().requires_grad_(True)
         return x_leaf, self._denoise(x_leaf, sigma.detach().clone())
 
+    def loss_gradient(self, x: Tensor, sigma: Tensor,
+                      loss_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """(grad_x sum_i loss_i, x0): the gradient w.r.t. the state of a per-sample loss (B,) of the x0
+        estimate, and that estimate, detached. The graph is freed before returning."""
+        with grad_enabled():
+            x_leaf, x0 = self.denoise_for_grad(x, sigma)
+            (grad,) = torch.autograd.grad(loss_fn(x0).sum(), x_leaf)
+        return grad.to(x.dtype), x0.detach()
+
     def decode(self, x0: Tensor) -> Tensor:
         decode = self.options["decode"]
         img = x0 if decode is None else decode(x0)

@@ -14,9 +14,7 @@ step sizes (0.3 SR/blur, 0.5 inpainting, 1.0 phase retrieval, ``configs/*_config
 
 from __future__ import annotations
 
-import torch
-
-from .common import Strategy, Tensor, grad_enabled
+from .common import Strategy, Tensor
 
 
 class DPS(Strategy):
@@ -34,15 +32,13 @@ class DPS(Strategy):
 
     def step(self, i: int, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
         ctx = self.ctx
-        with grad_enabled():
-            x_leaf, x0 = ctx.denoise_for_grad(x, sigma)
+
+        def loss_fn(x0: Tensor) -> Tensor:
             loss = ctx.residual_norm(ctx.decode(x0))
             penalty = ctx.penalty(x0, i)
-            if penalty is not None:
-                loss = loss + penalty
-            (grad,) = torch.autograd.grad(loss.sum(), x_leaf)
-        x0 = x0.detach()
-        del x_leaf, loss, penalty
+            return loss if penalty is None else loss + penalty
+
+        grad, x0 = ctx.loss_gradient(x, sigma, loss_fn)
         x_next = ctx.ddim_step(x, x0, sigma, sigma_next, self.opt["eta"])
         factor = self.opt["step_size"] * ctx.vp_step_factor(sigma, sigma_next)
-        return x_next - factor * grad.to(x.dtype), x0
+        return x_next - factor * grad, x0

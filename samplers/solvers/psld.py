@@ -19,9 +19,7 @@ Defaults: gamma 0.1, omega 1 (``scripts/inverse.py``); eta 0 (DDIM).
 
 from __future__ import annotations
 
-import torch
-
-from .common import Strategy, Tensor, grad_enabled
+from .common import Strategy, Tensor
 
 
 class PSLD(Strategy):
@@ -46,8 +44,8 @@ class PSLD(Strategy):
 
     def step(self, i: int, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
         ctx, gamma, omega = self.ctx, self.opt["gamma"], self.opt["omega"]
-        with grad_enabled():
-            x_leaf, z0 = ctx.denoise_for_grad(x, sigma)
+
+        def loss_fn(z0: Tensor) -> Tensor:
             img = ctx.decode(z0)
             loss = omega * ctx.residual_norm(img)
             if gamma > 0:
@@ -57,10 +55,8 @@ class PSLD(Strategy):
                 gap = ctx.encode(glued, z0).float() - z0.float()
                 loss = loss + gamma * gap.reshape(gap.shape[0], -1).norm(dim=1)
             penalty = ctx.penalty(z0, i)
-            if penalty is not None:
-                loss = loss + penalty
-            (grad,) = torch.autograd.grad(loss.sum(), x_leaf)
-        z0 = z0.detach()
-        del x_leaf, img, loss
+            return loss if penalty is None else loss + penalty
+
+        grad, z0 = ctx.loss_gradient(x, sigma, loss_fn)
         x_next = ctx.ddim_step(x, z0, sigma, sigma_next, self.opt["eta"])
-        return x_next - ctx.vp_step_factor(sigma, sigma_next) * grad.to(x.dtype), z0
+        return x_next - ctx.vp_step_factor(sigma, sigma_next) * grad, z0

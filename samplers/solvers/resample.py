@@ -124,15 +124,10 @@ class ReSample(Strategy):
     # ---- the step ----------------------------------------------------------------------------
     def step(self, i: int, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
         ctx = self.ctx
-        with grad_enabled():
-            x_leaf, z0 = ctx.denoise_for_grad(x, sigma)
-            loss = ctx.residual_norm(ctx.decode(z0))
-            (grad,) = torch.autograd.grad(loss.sum(), x_leaf)
-        z0 = z0.detach()
-        del x_leaf, loss
+        grad, z0 = ctx.loss_gradient(x, sigma, lambda z: ctx.residual_norm(ctx.decode(z)))
         x_prime = ctx.ddim_step(x, z0, sigma, sigma_next, 0.0)
         scale = self.opt["step_scale"] * ctx.alpha_bar(sigma)
-        x_prime = x_prime - scale * ctx.vp_step_factor(sigma, sigma_next) * grad.to(x.dtype)
+        x_prime = x_prime - scale * ctx.vp_step_factor(sigma, sigma_next) * grad
         del grad
 
         total = ctx.total_steps
