@@ -1,0 +1,414 @@
+"""Per-step cost of every solver, with and without EquiReg, on the pixel and latent priors.
+
+Usage::
+
+    python -m bench.speed [--quick] [--solvers ...] [--priors pixel latent] [--batch 8] [--steps 20]
+                          [--repeats 3] [--device cpu] [--no-memory] [--out docs/]
+
+Everything is measured side by side in one process on the same inputs (a sr4 measurement of
+held-out images, or random images if the test set is absent):
+
+- unit costs (median of ``--repeats``): denoiser forward, denoiser forward + backward (w.r.t. its
+  input), and the same for the decoder, the encoder and each EquiReg f;
+- each solver run is wrapped so that every call of the denoiser, decoder, encoder and f is counted,
+  split into calls with autograd (charged forward + backward) and without (charged forward). The
+  *necessary* time of a run is the sum of those charges; **solver overhead** = step time / necessary
+  time - 1 (target <= 10%: the solver's own arithmetic costs little next to its network calls);
+- **EquiReg**: step time with Equi / base step time, and the **EquiReg excess** =
+  (t_equireg - t_base - (necessary_equireg - necessary_base)) / t_base: what EquiReg costs beyond its
+  own f evaluations (and any change in network calls), target <= 5%;
+- **peak memory**: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated before the
+  run; on CPU the run is repeated in a forked child process and the figure is the growth of its peak
+  resident set size (``getrusage`` ``ru_maxrss`` minus the RSS at fork; Linux resets the high-water
+  mark at fork). tracemalloc is not used: it does not see torch's CPU allocator.
+
+Weights: the trained priors when present; otherwise the same architectures (``train/pixel_prior.py``,
+``train/latent_prior.py``) with random weights, which cost the same time (noted in the output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.tasks import (
+    IMAGE_SIZE,
+    PRIORS,
+    SOLVER_NAMES,
+    Models,
+    Prior,
+    check_names,
+    get_task,
+    initial_noise,
+    karras_sigmas,
+    make_equireg,
+    measure,
+)
+
+OVERHEAD_TARGET = 0.10
+EQUIREG_TARGET = 0.05
+QUICK = {"batch": 2, "steps": 3, "repeats": 1, "solvers": ["dps", "psld"]}
+#: Solver options that keep one run short enough to repeat: ReSample's hard-consistency inner loops
+#: (2000 pixel + 500 latent iterations) would otherwise dominate a 20-step run; its per-step figure
+#: is then for the cheaper setting, stated in the output.
+SPEED_OPTIONS: dict[str, dict[str, Any]] = {"resample": {"pixel_iters": 200, "latent_iters": 50}}
+
+
+class Counted:
+    """Wrap a callable; count calls made with autograd recording (grad) and without."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
+        self.fn = fn
+        self.grad = 0
+        self.nograd = 0
+
+    def reset(self) -> None:
+        self.grad = self.nograd = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.fn(*args, **kwargs)
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            self.grad += 1
+        else:
+            self.nograd += 1
+        return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up run (seconds)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def unit_costs(fn: Callable[..., torch.Tensor], x: torch.Tensor, repeats: int,
+               extra: Callable[[torch.Tensor], tuple] | None = None) -> tuple[float, float]:
+    """(forward, forward + backward w.r.t. the input) times of ``fn`` at input ``x``."""
+    args = (lambda t: (t,)) if extra is None else extra
+
+    def fwd() -> None:
+        with torch.no_grad():
+            fn(*args(x))
+
+    def fwd_bwd() -> None:
+        with torch.enable_grad():
+            leaf = x.detach().clone().requires_grad_(True)
+            fn(*args(leaf)).sum().backward()
+
+    return time_call(fwd, repeats, x.device), time_call(fwd_bwd, repeats, x.device)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _child_peak(run: Callable[[], Any], conn: Any) -> None:
+    try:
+        # an OpenMP thread pool inherited through fork can deadlock; one thread avoids parallel regions
+        torch.set_num_threads(1)
+        start = _rss_bytes()
+        run()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        conn.send(max(0, peak - start))
+    except Exception as err:  # report, the parent prints n/a
+        conn.send(f"{type(err).__name__}: {err}")
+    finally:
+        conn.close()
+
+
+def peak_memory(run: Callable[[], Any], device: torch.device, timeout: float = 300.0) -> int | str:
+    """Peak extra memory of ``run()`` in bytes (module docstring), or an error string."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        run()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    if sys.platform != "linux":
+        return "n/a (needs Linux fork + /proc)"
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_peak, args=(run, child))
+    proc.start()
+    child.close()
+    result = parent.recv() if parent.poll(timeout) else f"n/a (no result in {timeout:.0f} s)"
+    proc.join(timeout=10)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    return result
+
+
+def _random_models(device: torch.device) -> tuple[Models, list[str]]:
+    """Trained weights where present, else the trained architectures with random weights."""
+    from samplers.equireg import SmallCNN
+    from samplers.models import fashion
+    from samplers.models.autoencoder import KLAutoencoder
+    from samplers.models.small_unet import EDMDenoiser, SmallUNet
+
+    notes = []
+    torch.manual_seed(0)
+
+    def place(m: torch.nn.Module) -> torch.nn.Module:
+        return m.to(device).eval().requires_grad_(False)
+
+    try:
+        ae = fashion.load_autoencoder(device=device)
+    except FileNotFoundError:
+        ae = place(KLAutoencoder())
+        notes.append("autoencoder: random weights (file missing)")
+    try:
+        pixel = fashion.load_pixel_prior(device=device)
+    except FileNotFoundError:
+        from train.pixel_prior import UNET as PIXEL_UNET
+
+        pixel = place(EDMDenoiser(SmallUNet(**PIXEL_UNET), 0.5))
+        notes.append("pixel prior: random weights of the trained architecture (file missing)")
+    try:
+        latent = fashion.load_latent_prior(device=device, autoencoder=ae)
+    except (FileNotFoundError, ValueError):
+        from train.latent_prior import UNET as LATENT_UNET
+
+        latent = place(EDMDenoiser(SmallUNet(**LATENT_UNET), 1.0))
+        notes.append("latent prior: random weights of the trained architecture (file missing)")
+    try:
+        mpe = fashion.load_mpe(device=device)
+    except FileNotFoundError:
+        mpe = place(SmallCNN(in_channels=1, base_channels=32, num_blocks=3, num_classes=10))
+        notes.append("MPE CNN: random weights (file missing)")
+    priors = {
+        "pixel": Prior("pixel", pixel, (1, IMAGE_SIZE, IMAGE_SIZE), sigma_max=pixel.sigma_max,
+                       sigma_min=pixel.sigma_min),
+        "latent": Prior("latent", latent, (4, IMAGE_SIZE // 4, IMAGE_SIZE // 4), ae.decode, ae.encode,
+                        sigma_max=latent.sigma_max, sigma_min=latent.sigma_min),
+    }
+    return Models(priors, mpe, ae), notes
+
+
+def _images(batch: int, device: torch.device) -> tuple[torch.Tensor, str]:
+    from samplers.models.fashion import load_test_images
+
+    try:
+        return load_test_images(batch, device=device)[0], "held-out test images"
+    except (FileNotFoundError, ValueError):
+        gen = torch.Generator().manual_seed(0)
+        images = torch.rand(batch, 1, IMAGE_SIZE, IMAGE_SIZE, generator=gen) * 2 - 1
+        return images.to(device), "random images"
+
+
+def bench_one(models: Models, prior_name: str, solver: str, variant: str, y: torch.Tensor, op: Any,
+              steps: int, repeats: int, units: dict[str, tuple[float, float]], alpha: float,
+              memory: bool) -> dict[str, Any]:
+    """Time one (prior, solver, EquiReg variant): step time, counted calls, necessary time, memory."""
+    from samplers.solvers import get_solver
+
+    prior = models.priors[prior_name]
+    model = Counted(prior.model)
+    decode = None if prior.decode is None else Counted(prior.decode)
+    encode = None if prior.encode is None else Counted(prior.encode)
+    reg = make_equireg(variant, prior, models, alpha, seed=0)
+    f = None
+    if reg is not None:
+        f = Counted(reg.f)
+        reg.f = f
+    sigmas = karras_sigmas(steps, prior.sigma_min, prior.sigma_max)
+    x_t = initial_noise(prior, y.shape[0], float(sigmas[0]), seed=0).to(y.device)
+    fn = get_solver(solver)
+    opts = SPEED_OPTIONS.get(solver, {})
+
+    def run() -> None:
+        if reg is not None:
+            reg.reseed(0)
+        fn(model, x_t, sigmas, extra_args={}, disable=True, operator=op, measurement=y, decode=decode,
+           encode=encode, equireg=reg, seed=0, **opts)
+
+    counters = {"model": model, "decoder": decode, "encoder": encode, "f": f}
+    run()  # warm-up, and the call counts of one run
+    for c in counters.values():
+        if c is not None:
+            c.reset()
+    run()
+    counts = {k: (c.grad, c.nograd) for k, c in counters.items() if c is not None}
+    seconds = time_call(run, repeats, y.device) if repeats > 1 else _timed(run, y.device)
+    necessary = sum(n_grad * units[f"{prior_name}/{k}"][1] + n_nograd * units[f"{prior_name}/{k}"][0]
+                    for k, (n_grad, n_nograd) in counts.items() if k != "f")
+    f_cost = 0.0
+    if "f" in counts:
+        f_fwd, f_fb = units[f"{prior_name}/f/{variant}"]
+        f_cost = counts["f"][0] * f_fb + counts["f"][1] * f_fwd
+    return {"prior": prior_name, "solver": solver, "variant": variant, "steps": steps,
+            "step_s": seconds / steps, "necessary_step_s": necessary / steps, "f_step_s": f_cost / steps,
+            "calls": counts, "peak_bytes": peak_memory(run, y.device) if memory else None}
+
+
+def _timed(run: Callable[[], None], device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    run()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def measure_units(models: Models, priors: Sequence[str], variants: Sequence[str], batch: int,
+                  repeats: int, alpha: float, device: torch.device) -> dict[str, tuple[float, float]]:
+    """Unit (forward, forward+backward) times of every network a run calls, keyed prior/network."""
+    units: dict[str, tuple[float, float]] = {}
+    for name in priors:
+        prior = models.priors[name]
+        x = torch.randn(batch, *prior.shape, device=device)
+        sig = torch.full((batch,), 1.0, device=device)
+        units[f"{name}/model"] = unit_costs(prior.model, x, repeats, extra=lambda t, s=sig: (t, s))
+        if prior.decode is not None:
+            units[f"{name}/decoder"] = unit_costs(prior.decode, x, repeats)
+            img = torch.rand(batch, 1, IMAGE_SIZE, IMAGE_SIZE, device=device) * 2 - 1
+            units[f"{name}/encoder"] = unit_costs(prior.encode, img, repeats)
+        for variant in variants:
+            reg = make_equireg(variant, prior, models, alpha)
+            if reg is not None:
+                units[f"{name}/f/{variant}"] = unit_costs(reg.f, x, repeats)
+    return units
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:+.1f}%"
+
+
+def _mib(v: int | str | None) -> str:
+    if v is None:
+        return "–"
+    return v if isinstance(v, str) else f"{v / 2**20:.1f}"
+
+
+def markdown(rows: list[dict[str, Any]], units: dict[str, tuple[float, float]], meta: dict[str, Any]) -> str:
+    lines = ["# Per-step cost (Fashion-MNIST priors)", "",
+             f"Command: `{meta['command']}`; batch {meta['batch']}, {meta['steps']} steps, median of "
+             f"{meta['repeats']} run(s), {meta['device']}, {meta['threads']} thread(s), {meta['inputs']}.",
+             f"Notes: {'; '.join(meta['notes']) or 'trained weights'}. ReSample runs with "
+             f"{SPEED_OPTIONS['resample']} (cheaper hard-consistency loops than its defaults).", "",
+             f"Targets: solver overhead (step time / necessary network time − 1) ≤ "
+             f"{OVERHEAD_TARGET:.0%}; EquiReg excess (extra step time beyond its own f evaluations, "
+             f"relative to the base step) ≤ {EQUIREG_TARGET:.0%}. Peak memory: {meta['memory_kind']}.", "",
+             "## Unit costs (ms, batch {})".format(meta["batch"]), "",
+             "| network | forward | forward + backward |", "|---|---|---|"]
+    for key, (fwd, fb) in units.items():
+        lines.append(f"| {key} | {1e3 * fwd:.2f} | {1e3 * fb:.2f} |")
+    lines += ["", "## Solvers", "",
+              "| prior | solver | EquiReg | step (ms) | necessary (ms) | overhead | f (ms) | vs base | "
+              "EquiReg excess | peak memory (MiB) | calls (grad/no-grad) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = {(r["prior"], r["solver"]): r for r in rows if r["variant"] == "none"}
+    for r in rows:
+        needed = r["necessary_step_s"] + r["f_step_s"]  # EquiReg's f evaluations are necessary too
+        overhead = r["step_s"] / needed - 1 if needed > 0 else float("nan")
+        ok = "✓" if overhead <= OVERHEAD_TARGET else "✗"
+        vs, excess = "–", "–"
+        b = base.get((r["prior"], r["solver"]))
+        if r["variant"] != "none" and b is not None:
+            vs = f"{r['step_s'] / b['step_s']:.2f}×"
+            extra_needed = r["necessary_step_s"] + r["f_step_s"] - b["necessary_step_s"]
+            ex = (r["step_s"] - b["step_s"] - extra_needed) / b["step_s"]
+            excess = f"{_pct(ex)} {'✓' if ex <= EQUIREG_TARGET else '✗'}"
+            r["equireg_excess"] = ex
+        r["overhead"] = overhead
+        calls = ", ".join(f"{k} {g}/{n}" for k, (g, n) in r["calls"].items())
+        lines.append(f"| {r['prior']} | {r['solver']} | {r['variant']} | {1e3 * r['step_s']:.1f} | "
+                     f"{1e3 * r['necessary_step_s']:.1f} | {_pct(overhead)} {ok} | "
+                     f"{1e3 * r['f_step_s']:.1f} | "
+                     f"{vs} | {excess} | {_mib(r['peak_bytes'])} | {calls} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None, results: dict[str, Any] | None = None) -> int:
+    """CLI entry point; ``results`` (a dict), if given, receives the rows and unit costs (for tests)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: {QUICK} (explicit options override)")
+    parser.add_argument("--solvers", nargs="+", default=None, help=f"default: all of {list(SOLVER_NAMES)}")
+    parser.add_argument("--priors", nargs="+", default=list(PRIORS))
+    parser.add_argument("--variants", nargs="+", default=["none", "equi"],
+                        help="EquiReg variants to time (default: none equi)")
+    parser.add_argument("--batch", type=int, default=None, help="default 8")
+    parser.add_argument("--steps", type=int, default=None, help="default 20")
+    parser.add_argument("--repeats", type=int, default=None, help="default 3")
+    parser.add_argument("--alpha", type=float, default=0.01)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=None, help="also write bench_speed.md here")
+    args = parser.parse_args(argv)
+
+    quick = QUICK if args.quick else {}
+    solvers = check_names(args.solvers or quick.get("solvers") or list(SOLVER_NAMES), SOLVER_NAMES, "solvers")
+    priors = check_names(args.priors, PRIORS, "priors")
+    variants = check_names(args.variants, ("none", "equi", "equicon"), "variants")
+    if "none" not in variants:
+        parser.error("--variants must include 'none' (the base every EquiReg figure is relative to)")
+    batch = args.batch or quick.get("batch") or 8
+    steps = args.steps or quick.get("steps") or 20
+    repeats = args.repeats or quick.get("repeats") or 3
+    if min(batch, steps, repeats, args.threads) < 1:
+        parser.error("--batch, --steps, --repeats and --threads must be >= 1")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    t0 = time.perf_counter()
+    models, notes = _random_models(device)
+    images, inputs = _images(batch, device)
+    op = get_task("sr4").build().to(device)
+    y = measure(op, images, seed=1)
+    units = measure_units(models, priors, variants, batch, max(repeats, 3), args.alpha, device)
+    rows = []
+    for prior in priors:
+        for solver in solvers:
+            for variant in variants:
+                try:
+                    row = bench_one(models, prior, solver, variant, y, op, steps, repeats, units, args.alpha,
+                                    not args.no_memory)
+                except (TypeError, ValueError, RuntimeError) as err:
+                    print(f"# {prior}/{solver}/{variant}: not run ({err})", file=sys.stderr)
+                    continue
+                rows.append(row)
+                print(f"# {prior}/{solver}/{variant}: {1e3 * row['step_s']:.1f} ms/step", file=sys.stderr,
+                      flush=True)
+    meta = {"command": "python -m bench.speed " + " ".join(sys.argv[1:] if argv is None else argv),
+            "batch": batch, "steps": steps, "repeats": repeats, "device": str(device),
+            "threads": args.threads, "inputs": inputs + ", sr4 measurement", "notes": notes,
+            "memory_kind": ("skipped" if args.no_memory else
+                            "torch.cuda.max_memory_allocated growth" if device.type == "cuda" else
+                            "peak RSS growth of a forked child (getrusage ru_maxrss)")}
+    text = markdown(rows, units, meta)
+    print(text)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_speed.md").write_text(text)
+    print(f"# wall time {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if results is not None:
+        results.update({"rows": rows, "units": units, "meta": meta})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

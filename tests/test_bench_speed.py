@@ -1,0 +1,98 @@
+"""bench.speed: call counting, cost accounting, peak memory, and a quick CLI run."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+
+from bench import speed, tasks
+from samplers.equireg import SmallCNN
+from samplers.models.autoencoder import KLAutoencoder
+from samplers.models.small_unet import EDMDenoiser, SmallUNet
+
+
+def _tiny_models() -> tasks.Models:
+    torch.manual_seed(0)
+    ae = KLAutoencoder(channels=(4, 8, 8)).eval().requires_grad_(False)
+
+    def unet(c):
+        return SmallUNet(in_channels=c, base_channels=8, channel_mult=(1,), attention=False, emb_dim=16)
+
+    pixel = EDMDenoiser(unet(1), 0.5).eval().requires_grad_(False)
+    latent = EDMDenoiser(unet(4), 1.0).eval().requires_grad_(False)
+    mpe = SmallCNN(in_channels=1, base_channels=4, num_blocks=1).eval().requires_grad_(False)
+    priors = {"pixel": tasks.Prior("pixel", pixel, (1, 32, 32), sigma_max=10.0),
+              "latent": tasks.Prior("latent", latent, (4, 8, 8), ae.decode, ae.encode, sigma_max=10.0)}
+    return tasks.Models(priors, mpe, ae)
+
+
+def test_counted_splits_grad_and_nograd_calls():
+    lin = torch.nn.Linear(3, 3)
+    c = speed.Counted(lin)
+    with torch.no_grad():
+        c(torch.randn(2, 3))
+    c(torch.randn(2, 3))
+    c(torch.randn(2, 3))
+    assert (c.grad, c.nograd) == (2, 1)
+    c.reset()
+    assert (c.grad, c.nograd) == (0, 0)
+
+
+def test_bench_one_counts_follow_the_solver_definitions():
+    models = _tiny_models()
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    op = tasks.get_task("sr4").build()
+    y = tasks.measure(op, x, 1)
+    units = speed.measure_units(models, ["pixel", "latent"], ["none", "equi"], 2, 1, 0.1, torch.device("cpu"))
+    steps = 3
+    # DPS: one differentiated denoiser call per step; Equi evaluates f(x) and f(T_g x) on every step
+    base = speed.bench_one(models, "pixel", "dps", "none", y, op, steps, 1, units, 0.1, memory=False)
+    assert base["calls"]["model"] == (steps, 0)
+    equi = speed.bench_one(models, "pixel", "dps", "equi", y, op, steps, 1, units, 0.1, memory=False)
+    assert equi["calls"]["f"] == (2 * steps, 0)
+    fwd, fwd_bwd = units["pixel/model"]
+    assert base["necessary_step_s"] == pytest.approx(fwd_bwd)
+    f_fwd, f_fb = units["pixel/f/equi"]
+    assert equi["f_step_s"] == pytest.approx(2 * f_fb)
+    # latent DPS also decodes once per step (with autograd)
+    lat = speed.bench_one(models, "latent", "dps", "none", y, op, steps, 1, units, 0.1, memory=False)
+    assert lat["calls"]["model"] == (steps, 0) and lat["calls"]["decoder"] == (steps, 0)
+    assert lat["necessary_step_s"] == pytest.approx(units["latent/model"][1] + units["latent/decoder"][1])
+    for r in (base, equi, lat):
+        assert math.isfinite(r["step_s"]) and r["step_s"] > 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="CPU peak memory uses fork and /proc")
+def test_peak_memory_sees_a_large_allocation():
+    n_bytes = 64 * 2**20
+
+    def run():
+        t = torch.ones(n_bytes // 4)
+        assert float(t[-1]) == 1.0
+
+    peak = speed.peak_memory(run, torch.device("cpu"))
+    assert isinstance(peak, int)
+    assert 0.9 * n_bytes <= peak <= 4 * n_bytes
+
+
+def test_cli_quick_runs_and_reports_targets(tmp_path, capsys):
+    results: dict = {}
+    rc = speed.main(["--quick", "--steps", "2", "--priors", "pixel", "latent", "--no-memory",
+                     "--out", str(tmp_path)], results)
+    assert rc == 0
+    rows = results["rows"]
+    assert {(r["prior"], r["solver"], r["variant"]) for r in rows} == {
+        (p, s, v) for p in ("pixel", "latent") for s in ("dps", "psld") for v in ("none", "equi")}
+    for r in rows:
+        assert math.isfinite(r["step_s"]) and r["necessary_step_s"] > 0
+        assert math.isfinite(r["overhead"])
+    text = (tmp_path / "bench_speed.md").read_text()
+    assert "Targets: solver overhead" in text and "| latent | psld | equi |" in text
+
+
+def test_cli_rejects_unknown_solver():
+    with pytest.raises(ValueError, match="valid solvers"):
+        speed.main(["--solvers", "ddnm"])
