@@ -2,7 +2,7 @@
 
 ``python -m train.latent_prior`` needs ``weights/fashion_autoencoder.safetensors`` (``train.autoencoder``)
 and the Debian data; it encodes the training images to (B, 4, 8, 8) latents with ``encode`` (posterior
-mean times the stored scale factor, so about unit std), trains a SmallUNet (channels 64/128 at 8/4
+mean times the stored scale factor, so about unit std), trains a SmallUNet (channels 64/64 at 8/4
 px, one residual block per level, self-attention at 4x4) in EDM preconditioning on them (see
 :mod:`train.diffusion`), and writes ``weights/fashion_latent_prior.safetensors`` with the scale factor
 in its metadata. The last 1,000 training images are held out for validation.
@@ -21,7 +21,7 @@ from .diffusion import add_arguments, train_edm
 from .fashion_data import load_split
 
 VALIDATION = 1000
-UNET = {"in_channels": 4, "base_channels": 64, "channel_mult": (1, 2), "num_res_blocks": 1,
+UNET = {"in_channels": 4, "base_channels": 64, "channel_mult": (1, 1), "num_res_blocks": 1,
         "attention": True, "emb_dim": 128, "dropout": 0.0}
 
 
