@@ -52,7 +52,7 @@ from bench.tasks import (
 from samplers.metrics import psnr, ssim
 
 QUICK = {"tasks": ["sr4", "box_inpaint"], "solvers": ["dps", "psld"], "variants": ["none", "equi"],
-         "steps": [10], "images": 4}
+         "steps": [10, 25], "images": 8}
 METRICS = ("psnr", "ssim", "lpips", "residual")
 METRIC_LABELS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "ST-LPIPS ↓", "residual": "residual RMS"}
 LPIPS_SIZE = 128  # images are upsampled (bilinear) to this size before ST-LPIPS; see load_stlpips
