@@ -66,6 +66,7 @@ def load_stlpips(device: torch.device | str = "cpu") -> Callable[[torch.Tensor, 
     torchsummary only for debugging helpers; stand-in modules are inserted when those are absent.
     Raises ImportError (with the reason) when the package or its torchvision cannot be loaded.
     """
+    stubs = []
     for name in ("IPython", "torchsummary"):
         if name not in sys.modules:
             try:
@@ -75,10 +76,15 @@ def load_stlpips(device: torch.device | str = "cpu") -> Callable[[torch.Tensor, 
                 stub.embed = lambda *a, **k: None  # type: ignore[attr-defined]
                 stub.summary = lambda *a, **k: None  # type: ignore[attr-defined]
                 sys.modules[name] = stub
+                stubs.append(name)
     try:
         from stlpips_pytorch import stlpips
     except Exception as err:  # ImportError, or torchvision failing to register its ops
         raise ImportError(f"stlpips-pytorch could not be imported ({type(err).__name__}: {err})") from err
+    finally:
+        # the stand-ins must not outlive the import: matplotlib.pyplot probes sys.modules["IPython"]
+        for name in stubs:
+            del sys.modules[name]
     net = stlpips.LPIPS(net="alex", variant="shift_tolerant", verbose=False).to(device).eval()
     net.requires_grad_(False)
 

@@ -150,3 +150,16 @@ def test_cli_quick_with_trained_weights(tmp_path):
         assert all(math.isfinite(v) for vals in r["values"].values() for v in vals)
     assert (tmp_path / "bench_quality_grid.png").is_file()
     assert (tmp_path / "bench_quality_box_inpaint.png").is_file()
+
+
+def test_stlpips_loader_leaves_no_stand_in_modules():
+    import sys
+
+    before = {name: sys.modules.get(name) for name in ("IPython", "torchsummary")}
+    try:
+        quality.load_stlpips()
+    except ImportError as err:
+        assert "stlpips-pytorch could not be imported" in str(err)
+    for name, module in before.items():
+        if module is None:
+            assert sys.modules.get(name) is None or hasattr(sys.modules[name], "__file__")
