@@ -17,6 +17,15 @@ from samplers.models.fashion import LATENT_PRIOR_FILE, PIXEL_PRIOR_FILE
 from samplers.models.small_unet import EDMDenoiser, SmallUNet
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread (as the CLIs use): on a shared 2-core machine more threads only contend."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_scaled_odd_kernel_is_nearest_odd():
     assert tasks.scaled_odd_kernel(61) == 7  # 61 / 8 = 7.6 -> nearest odd is 7
     assert tasks.scaled_odd_kernel(61, 0.25) == 15  # 15.25
@@ -163,3 +172,16 @@ def test_stlpips_loader_leaves_no_stand_in_modules():
     for name, module in before.items():
         if module is None:
             assert sys.modules.get(name) is None or hasattr(sys.modules[name], "__file__")
+
+
+@pytest.mark.skipif(not PIXEL_PRIOR_FILE.is_file(), reason="trained pixel prior not present yet (weights/)")
+def test_cli_pixel_solvers_with_trained_weights(tmp_path):
+    rc = quality.main(["--quick", "--solvers", "dps", "--variants", "none", "equi", "equicon",
+                       "--images", "2", "--steps", "2", "3", "--no-lpips", "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "bench_quality.json").read_text())
+    assert len(data["runs"]) == 2 * 3 * 2  # tasks x variants x steps
+    for r in data["runs"]:
+        assert all(math.isfinite(v) for vals in r["values"].values() for v in vals)
+    for name in ("bench_quality.md", "bench_quality_sr4.png", "bench_quality_grid.png"):
+        assert (tmp_path / name).stat().st_size > 0

@@ -14,6 +14,15 @@ from samplers.models.autoencoder import KLAutoencoder
 from samplers.models.small_unet import EDMDenoiser, SmallUNet
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread (as the CLIs use): on a shared 2-core machine more threads only contend."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _tiny_models() -> tasks.Models:
     torch.manual_seed(0)
     ae = KLAutoencoder(channels=(4, 8, 8)).eval().requires_grad_(False)
