@@ -217,6 +217,9 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
                 ax.errorbar(xs, ms, yerr=hs, linestyle=style, marker="o", capsize=2,
                             label=f"{solver}/{variant}")
             ax.set_xscale("log")
+            ticks = sorted({r["steps"] for r in task_runs})
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.minorticks_off()
             ax.set_xlabel("steps")
             ax.set_title(METRIC_LABELS[metric])
         axes[0][-1].legend(fontsize=7, loc="best")
