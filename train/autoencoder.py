@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-minutes", type=float, default=25.0,
                    help="stop early (the steps done are recorded) past this wall time")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many steps, keeping the --steps learning-rate schedule (to "
+                        "reproduce a run that the wall-time limit cut short)")
     p.add_argument("--log", type=Path, default=None)
     p.add_argument("--out", type=Path, default=AUTOENCODER_FILE)
     args = p.parse_args(argv)
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
 
     running, step = [], 0
     for step, idx in enumerate(batches(train.shape[0], args.batch, gen)):
-        if step >= args.steps or log.elapsed() > 60 * args.max_minutes:
+        if (step >= args.steps or log.elapsed() > 60 * args.max_minutes
+                or (args.stop_after is not None and step >= args.stop_after)):
             break
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
