@@ -315,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             lpips_note = (f"AlexNet, shift-tolerant weights of stlpips-pytorch, images upsampled to "
                           f"{LPIPS_SIZE} px.")
         except ImportError as err:
-            lpips_note = f"column skipped: {err}. Install the `lpips` extra (stlpips-pytorch and a torchvision that imports beside your torch)."
+            lpips_note = (f"column skipped: {err}. Install the `lpips` extra (stlpips-pytorch and a "
+                          "torchvision that imports beside your torch).")
             log(f"ST-LPIPS {lpips_note}")
     results = run_quality(models, images, tasks, solvers, variants, steps, args.alpha, args.seed, lpips, log)
     meta = {"command": "python -m bench.quality " + " ".join(sys.argv[1:] if argv is None else argv),
