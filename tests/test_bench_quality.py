@@ -9,12 +9,10 @@ import math
 
 import pytest
 import torch
+from bench_models import tiny_models
 
 from bench import quality, tasks
-from samplers.equireg import SmallCNN
-from samplers.models.autoencoder import KLAutoencoder
 from samplers.models.fashion import LATENT_PRIOR_FILE, PIXEL_PRIOR_FILE
-from samplers.models.small_unet import EDMDenoiser, SmallUNet
 
 
 @pytest.fixture(autouse=True)
@@ -88,23 +86,8 @@ def test_check_names_rejects_unknown_and_duplicates():
         tasks.check_names(["dps", "dps"], tasks.SOLVER_NAMES, "solvers")
 
 
-def _tiny_models() -> tasks.Models:
-    torch.manual_seed(0)
-    ae = KLAutoencoder(channels=(4, 8, 8)).eval().requires_grad_(False)
-
-    def unet(c):
-        return SmallUNet(in_channels=c, base_channels=8, channel_mult=(1,), attention=False, emb_dim=16)
-
-    pixel = EDMDenoiser(unet(1), 0.5).eval().requires_grad_(False)
-    latent = EDMDenoiser(unet(4), 1.0).eval().requires_grad_(False)
-    mpe = SmallCNN(in_channels=1, base_channels=4, num_blocks=1).eval().requires_grad_(False)
-    priors = {"pixel": tasks.Prior("pixel", pixel, (1, 32, 32), sigma_max=10.0),
-              "latent": tasks.Prior("latent", latent, (4, 8, 8), ae.decode, ae.encode, sigma_max=10.0)}
-    return tasks.Models(priors, mpe, ae)
-
-
 def test_make_equireg_variants():
-    models = _tiny_models()
+    models = tiny_models()
     z = torch.randn(2, 4, 8, 8)
     x = torch.rand(2, 1, 32, 32) * 2 - 1
     assert tasks.make_equireg("none", models.priors["pixel"], models, 0.1) is None
@@ -119,7 +102,7 @@ def test_make_equireg_variants():
 
 
 def test_run_quality_end_to_end(tmp_path):
-    models = _tiny_models()
+    models = tiny_models()
     images = torch.rand(2, 1, 32, 32) * 2 - 1
     res = quality.run_quality(models, images, ["sr4"], ["dps", "psld"], ["none", "equi"], [2, 3], alpha=0.1)
     assert len(res["runs"]) == 1 * 2 * 2 * 2

@@ -7,11 +7,9 @@ import sys
 
 import pytest
 import torch
+from bench_models import tiny_models
 
 from bench import speed, tasks
-from samplers.equireg import SmallCNN
-from samplers.models.autoencoder import KLAutoencoder
-from samplers.models.small_unet import EDMDenoiser, SmallUNet
 
 
 @pytest.fixture(autouse=True)
@@ -21,21 +19,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def _tiny_models() -> tasks.Models:
-    torch.manual_seed(0)
-    ae = KLAutoencoder(channels=(4, 8, 8)).eval().requires_grad_(False)
-
-    def unet(c):
-        return SmallUNet(in_channels=c, base_channels=8, channel_mult=(1,), attention=False, emb_dim=16)
-
-    pixel = EDMDenoiser(unet(1), 0.5).eval().requires_grad_(False)
-    latent = EDMDenoiser(unet(4), 1.0).eval().requires_grad_(False)
-    mpe = SmallCNN(in_channels=1, base_channels=4, num_blocks=1).eval().requires_grad_(False)
-    priors = {"pixel": tasks.Prior("pixel", pixel, (1, 32, 32), sigma_max=10.0),
-              "latent": tasks.Prior("latent", latent, (4, 8, 8), ae.decode, ae.encode, sigma_max=10.0)}
-    return tasks.Models(priors, mpe, ae)
 
 
 def test_counted_splits_grad_and_nograd_calls():
@@ -51,7 +34,7 @@ def test_counted_splits_grad_and_nograd_calls():
 
 
 def test_bench_one_counts_follow_the_solver_definitions():
-    models = _tiny_models()
+    models = tiny_models()
     x = torch.rand(2, 1, 32, 32) * 2 - 1
     op = tasks.get_task("sr4").build()
     y = tasks.measure(op, x, 1)
