@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bench import tasks
@@ -24,3 +25,13 @@ def tiny_models() -> tasks.Models:
     priors = {"pixel": tasks.Prior("pixel", pixel, (1, 32, 32), sigma_max=10.0),
               "latent": tasks.Prior("latent", latent, (4, 8, 8), ae.decode, ae.encode, sigma_max=10.0)}
     return tasks.Models(priors, mpe, ae)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread (as the CLIs use): on a shared 2-core machine more threads only contend.
+    Autouse in every test module that imports it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

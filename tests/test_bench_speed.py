@@ -7,18 +7,9 @@ import sys
 
 import pytest
 import torch
-from bench_models import tiny_models
+from bench_models import one_torch_thread, tiny_models  # noqa: F401 - autouse fixture
 
 from bench import speed, tasks
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread (as the CLIs use): on a shared 2-core machine more threads only contend."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_counted_splits_grad_and_nograd_calls():
