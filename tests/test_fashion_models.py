@@ -26,6 +26,7 @@ from samplers.models.fashion import (
     load_mpe,
     load_pixel_prior,
     load_test_images,
+    load_validation_images,
     read_metadata,
     relative_equivariance_error,
     save_edm_denoiser,
@@ -71,6 +72,25 @@ def test_test_subset() -> None:
     assert load_test_images(5)[0].shape == (5, 1, 32, 32)
     with pytest.raises(ValueError, match="n must be"):
         load_test_images(65)
+
+
+def test_validation_subset_is_held_out_training_data() -> None:
+    from safetensors.torch import load_file
+
+    from samplers.models.fashion import VALIDATION_IMAGES_FILE
+
+    images, labels = load_validation_images()
+    assert images.shape == (32, 1, 32, 32) and labels.shape == (32,)
+    assert images.min() >= -1 and images.max() <= 1
+    # Drawn from the last 1,000 of the 60,000 TRAIN images, which no training script uses.
+    idx = load_file(str(VALIDATION_IMAGES_FILE))["indices"]
+    assert idx.min() >= 59_000 and idx.max() < 60_000 and len(set(idx.tolist())) == 32
+    # Not the test images: no validation image equals a test image.
+    test = load_test_images()[0]
+    assert not any(torch.equal(v, t) for v in images for t in test)
+    assert load_validation_images(4)[0].shape == (4, 1, 32, 32)
+    with pytest.raises(ValueError, match="validation images"):
+        load_validation_images(33)
 
 
 @pytest.mark.parametrize("path", [PIXEL_PRIOR_FILE, LATENT_PRIOR_FILE, AUTOENCODER_FILE, MPE_FILE])

@@ -5,8 +5,11 @@ files land in ``/usr/share/datasets/fashion-mnist`` (override with ``FASHION_MNI
 
 ``python -m train.fashion_data`` writes ``data/fashion_test64.safetensors``: 64 images drawn with a
 fixed seed from the TEST split (never used for training), with their labels and test-split indices.
-Tests and benchmarks use only that file; the training scripts read the TRAIN split through
-:func:`load_split`.
+``python -m train.fashion_data --split validation`` writes ``data/fashion_val32.safetensors``: 32
+images drawn from the last 1,000 TRAIN images, which every training script holds out
+(:data:`VALIDATION`); the EquiReg analysis (``bench.equireg_analysis``) chooses and sweeps on these,
+never on the test images. Tests and benchmarks use only these files; the training scripts read the
+TRAIN split through :func:`load_split`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ __all__ = ["CLASSES", "DEFAULT_DIR", "load_split", "pad_and_scale", "read_idx"]
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 REPO = Path(__file__).resolve().parents[1]
 TEST_SUBSET = REPO / "data" / "fashion_test64.safetensors"
+VALIDATION_SUBSET = REPO / "data" / "fashion_val32.safetensors"
+#: the last VALIDATION images of the TRAIN split are held out by every training script
+VALIDATION = 1000
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
            "Ankle boot")
 _FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -69,22 +75,36 @@ def load_split(split: str, root: str | None = None) -> tuple[torch.Tensor, torch
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=64, help="number of held-out test images")
+    parser.add_argument("--split", choices=("test", "validation"), default="test",
+                        help="test: from the TEST split (default); validation: from the held-out last "
+                             f"{VALIDATION} TRAIN images")
+    parser.add_argument("--n", type=int, default=None, help="number of images (default 64 test, 32 validation)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=TEST_SUBSET)
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    images, labels = load_split("test")
+    if args.split == "test":
+        images, labels = load_split("test")
+        offset, n, out = 0, args.n or 64, args.out or TEST_SUBSET
+        source = "Fashion-MNIST test split (t10k), Debian dataset-fashion-mnist, MIT"
+    else:
+        images, labels = load_split("train")
+        offset = images.shape[0] - VALIDATION
+        images, labels = images[offset:], labels[offset:]
+        n, out = args.n or 32, args.out or VALIDATION_SUBSET
+        source = (f"Fashion-MNIST train split, held-out last {VALIDATION} images (indices {offset}..), "
+                  "Debian dataset-fashion-mnist, MIT")
     gen = torch.Generator().manual_seed(args.seed)
-    idx = torch.randperm(images.shape[0], generator=gen)[: args.n].sort().values
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    idx = torch.randperm(images.shape[0], generator=gen)[:n].sort().values
+    out.parent.mkdir(parents=True, exist_ok=True)
     save_file(
-        {"images": images[idx].contiguous(), "labels": labels[idx].contiguous(), "indices": idx.contiguous()},
-        str(args.out),
-        metadata={"source": "Fashion-MNIST test split (t10k), Debian dataset-fashion-mnist, MIT",
-                  "seed": str(args.seed), "range": "[-1, 1]", "padding": "28x28 padded to 32x32 with -1"},
+        {"images": images[idx].contiguous(), "labels": labels[idx].contiguous(),
+         "indices": (idx + offset).contiguous()},
+        str(out),
+        metadata={"source": source, "seed": str(args.seed), "range": "[-1, 1]",
+                  "padding": "28x28 padded to 32x32 with -1"},
     )
     counts = torch.bincount(labels[idx], minlength=10).tolist()
-    print(f"wrote {args.out} ({args.n} test images, class counts {counts})")
+    print(f"wrote {out} ({n} {args.split} images, class counts {counts})")
 
 
 if __name__ == "__main__":

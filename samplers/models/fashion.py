@@ -39,6 +39,7 @@ __all__ = [
     "MPE_FILE",
     "PIXEL_PRIOR_FILE",
     "TEST_IMAGES_FILE",
+    "VALIDATION_IMAGES_FILE",
     "WEIGHTS_DIR",
     "degrade",
     "load_autoencoder",
@@ -47,6 +48,7 @@ __all__ = [
     "load_mpe",
     "load_pixel_prior",
     "load_test_images",
+    "load_validation_images",
     "read_metadata",
     "relative_equivariance_error",
     "save_autoencoder",
@@ -61,6 +63,7 @@ LATENT_PRIOR_FILE = WEIGHTS_DIR / "fashion_latent_prior.safetensors"
 AUTOENCODER_FILE = WEIGHTS_DIR / "fashion_autoencoder.safetensors"
 MPE_FILE = WEIGHTS_DIR / "fashion_mpe.safetensors"
 TEST_IMAGES_FILE = DATA_DIR / "fashion_test64.safetensors"
+VALIDATION_IMAGES_FILE = DATA_DIR / "fashion_val32.safetensors"
 
 _EDM_KIND = "edm_denoiser"
 _AE_KIND = "kl_autoencoder"
@@ -173,21 +176,34 @@ def load_latent_prior(path: str | Path | None = None, device: torch.device | str
     return model
 
 
+def _load_images(path: Path, what: str, n: int | None, device: torch.device | str | None,
+                 dtype: torch.dtype, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run `python -m train.fashion_data --split {split}`")
+    data = load_file(str(path))
+    images, labels = data["images"], data["labels"]
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= images.shape[0]:
+            raise ValueError(f"n must be an int in [1, {images.shape[0]}] or None (all {what}), got {n!r}")
+        images, labels = images[:n], labels[:n]
+    return images.to(device=device, dtype=dtype), labels.to(device)
+
+
 def load_test_images(n: int | None = None, device: torch.device | str | None = None,
                      dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """The held-out Fashion-MNIST test images (B, 1, 32, 32) in [-1, 1] and their labels (B,).
 
     ``n`` takes the first n of the 64 (all if None).
     """
-    if not TEST_IMAGES_FILE.is_file():
-        raise FileNotFoundError(f"{TEST_IMAGES_FILE} not found; run `python -m train.fashion_data`")
-    data = load_file(str(TEST_IMAGES_FILE))
-    images, labels = data["images"], data["labels"]
-    if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= images.shape[0]:
-            raise ValueError(f"n must be an int in [1, {images.shape[0]}] or None, got {n!r}")
-        images, labels = images[:n], labels[:n]
-    return images.to(device=device, dtype=dtype), labels.to(device)
+    return _load_images(TEST_IMAGES_FILE, "test images", n, device, dtype, "test")
+
+
+def load_validation_images(n: int | None = None, device: torch.device | str | None = None,
+                           dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """32 validation images (B, 1, 32, 32) in [-1, 1] and labels: TRAIN-split images that no training
+    script used (the held-out last 1,000). Anything that is chosen or swept uses these, never the test
+    images. ``n`` takes the first n (all if None)."""
+    return _load_images(VALIDATION_IMAGES_FILE, "validation images", n, device, dtype, "validation")
 
 
 def load_mpe(path: str | Path | None = None, device: torch.device | str | None = None,
