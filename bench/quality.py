@@ -55,6 +55,7 @@ QUICK = {"tasks": ["sr4", "box_inpaint"], "solvers": ["dps", "psld"], "variants"
          "steps": [10, 25], "images": 8}
 METRICS = ("psnr", "ssim", "lpips", "residual")
 METRIC_LABELS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "ST-LPIPS ↓", "residual": "residual RMS"}
+SAMPLES_FILE = "bench_quality_samples.safetensors"
 LPIPS_SIZE = 128  # images are upsampled (bilinear) to this size before ST-LPIPS; see load_stlpips
 
 
@@ -158,6 +159,11 @@ def _cell(values: list[float] | None, digits: int) -> str:
     return f"{m:.{digits}f} ± {h:.{digits}f}"
 
 
+def _parts_note(meta: dict[str, Any]) -> str:
+    parts = meta.get("parts", 1)
+    return f" summed over {parts} processes run side by side" if parts > 1 else ""
+
+
 def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     """The Markdown report: settings, a PSNR summary at the largest step count, and full tables."""
     runs = results["runs"]
@@ -167,7 +173,8 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = ["# Reconstruction quality (Fashion-MNIST, 32x32)", "",
              f"Command: `{meta['command']}`; {meta['images']} held-out test images, seed {meta['seed']}, "
              f"sigma_y = {SIGMA_Y}, EquiReg alpha = {meta['alpha']} (hflip), wall time "
-             f"{meta['wall_s']:.0f} s on {meta['device']} ({meta['threads']} thread(s)).",
+             f"{meta['wall_s']:.0f} s{_parts_note(meta)} on {meta['device']} "
+             f"({meta['threads']} thread(s) each).",
              "Cells: mean ± half-width of the 95% t-interval over images. "
              "PSNR/SSIM: higher is better; ST-LPIPS: lower is better; residual = RMS(A x̂ − y), "
              f"≈ {SIGMA_Y} when x̂ explains y.", ""]
@@ -183,6 +190,27 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
                      (task, solver, variant, steps_max)]
             cells.append(_cell(match[0]["values"]["psnr"], 2) if match else "–")
         lines.append(f"| {solver} | {prior} | {variant} | " + " | ".join(cells) + " |")
+    variants = [v for v in dict.fromkeys(m[2] for m in methods) if v != "none"]
+    if variants and any(m[2] == "none" for m in methods):
+        lines += ["", f"## EquiReg minus none: paired PSNR difference (dB) at {steps_max} steps", "",
+                  "Per image (same image, measurement, x_T and seed), then mean ± 95% half-width: an "
+                  "interval that excludes 0 is a measured effect, however small.", "",
+                  "| solver | EquiReg | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+        for solver in dict.fromkeys(m[0] for m in methods):
+            for variant in variants:
+                cells = []
+                for task in tasks:
+                    pick = {r["variant"]: r for r in runs if (r["task"], r["solver"], r["steps"]) ==
+                            (task, solver, steps_max)}
+                    if variant in pick and "none" in pick:
+                        diff = [a - b for a, b in zip(pick[variant]["values"]["psnr"],
+                                                      pick["none"]["values"]["psnr"], strict=True)]
+                        m, h = mean_ci95(diff)
+                        cells.append(f"{m:+.3f} ± {h:.3f}")
+                    else:
+                        cells.append("–")
+                if any(c != "–" for c in cells):
+                    lines.append(f"| {solver} | {variant} | " + " | ".join(cells) + " |")
     for task in tasks:
         lines += ["", f"## {task}: {TASKS[task].description}", "",
                   "| solver | EquiReg | steps | PSNR | SSIM | ST-LPIPS | residual | seconds |",
@@ -260,7 +288,60 @@ def write_outputs(results: dict[str, Any], meta: dict[str, Any], out: Path) -> l
     md.write_text(markdown(results, meta))
     js = out / "bench_quality.json"
     js.write_text(json.dumps({"meta": meta, "runs": results["runs"]}, indent=1))
-    return [md, js, *plot(results, out)]
+    # the grid's images, so that runs split over several processes can be combined (--combine)
+    from safetensors.torch import save_file
+
+    samples = out / SAMPLES_FILE
+    save_file({f"{task}|{col}": img.to(torch.float16).contiguous()
+               for task, cols in results["samples"].items() for col, img in cols.items()}, str(samples))
+    return [md, js, samples, *plot(results, out)]
+
+
+def combine(parts: Sequence[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Merge the outputs of runs split over processes or machines (each an ``--out`` folder).
+
+    The parts must agree on images, seed, alpha, steps, device and the ST-LPIPS setting, and no
+    (task, solver, variant, steps) may appear twice. Returns (results, meta) for :func:`write_outputs`.
+    """
+    from safetensors.torch import load_file
+
+    if not parts:
+        raise ValueError("--combine needs at least one folder")
+    runs: list[dict[str, Any]] = []
+    samples: dict[str, dict[str, torch.Tensor]] = {}
+    metas: list[dict[str, Any]] = []
+    for part in parts:
+        js, st = Path(part) / "bench_quality.json", Path(part) / SAMPLES_FILE
+        for f in (js, st):
+            if not f.is_file():
+                raise FileNotFoundError(f"--combine: {f} not found (each folder must be the --out of a "
+                                        "bench.quality run)")
+        data = json.loads(js.read_text())
+        metas.append(data["meta"])
+        runs += data["runs"]
+        for key, img in load_file(str(st)).items():
+            task, col = key.split("|", 1)
+            samples.setdefault(task, {})[col] = img.float()
+    for field in ("images", "seed", "alpha", "steps", "device", "lpips_note"):
+        values = {json.dumps(m.get(field)) for m in metas}
+        if len(values) > 1:
+            raise ValueError(f"--combine: the parts differ in {field!r} ({', '.join(sorted(values))}); "
+                             "only runs with the same settings can be combined")
+    seen = set()
+    for r in runs:
+        key = (r["task"], r["solver"], r["variant"], r["steps"])
+        if key in seen:
+            raise ValueError(f"--combine: {key} appears in more than one part")
+        seen.add(key)
+    first = metas[0]
+    meta = {**first,
+            "command": " + ".join(f"`{m['command']}`" for m in metas).strip("`"),
+            "tasks": list(dict.fromkeys(t for m in metas for t in m["tasks"])),
+            "solvers": list(dict.fromkeys(t for m in metas for t in m["solvers"])),
+            "variants": list(dict.fromkeys(t for m in metas for t in m["variants"])),
+            "wall_s": sum(m["wall_s"] for m in metas),
+            "parts": len(metas)}
+    return {"runs": runs, "samples": samples}, meta
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -278,7 +359,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--combine", nargs="+", type=Path, default=None, metavar="DIR",
+                        help="write one report from the --out folders of runs split over processes "
+                             "(the run options are then ignored)")
     args = parser.parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(f"# {msg}", file=sys.stderr, flush=True)
+
+    if args.combine:
+        try:
+            results, meta = combine(args.combine)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        for path in write_outputs(results, meta, args.out):
+            log(f"wrote {path}")
+        return 0
 
     quick = QUICK if args.quick else {}
     tasks = check_names(args.tasks or quick.get("tasks") or list(TASKS), list(TASKS), "tasks")
@@ -291,9 +388,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads < 1:
         parser.error("--threads must be >= 1")
     torch.set_num_threads(args.threads)
-
-    def log(msg: str) -> None:
-        print(f"# {msg}", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
     from samplers.models.fashion import load_test_images

@@ -248,14 +248,18 @@ def initial_noise(prior: Prior, n: int, sigma0: float, seed: int) -> torch.Tenso
 
 
 def run_solver_on(solver: str, prior: Prior, op: Operator, y: torch.Tensor, steps: int,
-                  equireg: EquiReg | None, seed: int, options: dict[str, Any] | None = None) -> torch.Tensor:
-    """Run ``solver`` for ``steps`` steps from the seeded x_T; returns images (B, C, H, W) in [-1, 1]."""
+                  equireg: EquiReg | None, seed: int, options: dict[str, Any] | None = None,
+                  callback: Callable[[dict[str, Any]], Any] | None = None) -> torch.Tensor:
+    """Run ``solver`` for ``steps`` steps from the seeded x_T; returns images (B, C, H, W) in [-1, 1].
+
+    ``callback`` is the sampler callback (called every step with ``x``, ``i``, ``sigma``, ``denoised``).
+    """
     from samplers.solvers import get_solver
 
     sigmas = karras_sigmas(steps, prior.sigma_min, prior.sigma_max)
     x = initial_noise(prior, y.shape[0], float(sigmas[0]), seed)
     fn = get_solver(solver)
-    out = fn(prior.model, x, sigmas, extra_args={}, callback=None, disable=True, operator=op,
+    out = fn(prior.model, x, sigmas, extra_args={}, callback=callback, disable=True, operator=op,
              measurement=y, decode=prior.decode, encode=prior.encode, equireg=equireg, sigma_y=SIGMA_Y,
              seed=seed, **(options or {}))
     with torch.no_grad():

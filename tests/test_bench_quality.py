@@ -159,3 +159,35 @@ def test_cli_pixel_solvers_with_trained_weights(tmp_path):
         assert all(math.isfinite(v) for vals in r["values"].values() for v in vals)
     for name in ("bench_quality.md", "bench_quality_sr4.png", "bench_quality_grid.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_combine_merges_parts_and_rejects_mismatches(tmp_path):
+    models = tiny_models()
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    meta = {"command": "part", "images": 2, "seed": 0, "alpha": 0.1, "steps": [2], "wall_s": 1.0,
+            "device": "cpu", "threads": 1, "lpips_note": "skipped", "solvers": ["dps"],
+            "variants": ["none", "equi"]}
+    for task in ("sr4", "box_inpaint"):
+        res = quality.run_quality(models, images, [task], ["dps"], ["none", "equi"], [2], alpha=0.1)
+        quality.write_outputs(res, {**meta, "tasks": [task]}, tmp_path / task)
+    results, merged = quality.combine([tmp_path / "sr4", tmp_path / "box_inpaint"])
+    assert len(results["runs"]) == 4 and merged["tasks"] == ["sr4", "box_inpaint"]
+    assert merged["wall_s"] == 2.0 and merged["parts"] == 2
+    assert set(results["samples"]) == {"sr4", "box_inpaint"}
+    assert set(results["samples"]["sr4"]) == {"ground truth", "dps none", "dps equi"}
+    paths = quality.write_outputs(results, merged, tmp_path / "all")
+    md = (tmp_path / "all" / "bench_quality.md").read_text()
+    assert "summed over 2 processes" in md and "## box_inpaint" in md and "## sr4" in md
+    assert "paired PSNR difference" in md and "| dps | equi |" in md
+    assert all(p.stat().st_size > 0 for p in paths)
+    # the same part twice: a duplicated run
+    with pytest.raises(ValueError, match="more than one part"):
+        quality.combine([tmp_path / "sr4", tmp_path / "sr4"])
+    # different settings cannot be combined
+    js = tmp_path / "box_inpaint" / "bench_quality.json"
+    data = json.loads(js.read_text())
+    data["meta"]["alpha"] = 1.0
+    js.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="differ in 'alpha'"):
+        quality.combine([tmp_path / "sr4", tmp_path / "box_inpaint"])
+    assert quality.main(["--combine", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
