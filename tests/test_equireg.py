@@ -540,6 +540,20 @@ def test_equi_phase_reduces_penalty_and_keeps_dtype():
     assert out_h.dtype == torch.float16 and not torch.equal(out_h, xh)
 
 
+def test_equi_phase_strength_is_set_by_steps_and_lr_not_alpha():
+    # Adam normalises the gradient, so in the released method (penalty alone, Adam) alpha only
+    # rescales what Adam divides out again: alpha 0.01 and 1 move x the same way. The docs say so.
+    f = _PositionScale(16, 12)
+    x = _x(2, 3, 16, 12, seed=7)
+    small = equi_phase(EquiReg(f, group="hflip", alpha=0.01), x, 0, 10, num_steps=30, lr=0.02)
+    large = equi_phase(EquiReg(f, group="hflip", alpha=1.0), x, 0, 10, num_steps=30, lr=0.02)
+    move = (large - x).abs().max()
+    assert move > 0.1  # the move itself is not small ...
+    assert (small - large).abs().max() < 0.01 * move  # ... and 100x less alpha changes it by < 1%
+    fewer = equi_phase(EquiReg(f, group="hflip", alpha=1.0), x, 0, 10, num_steps=3, lr=0.02)
+    assert (fewer - x).abs().max() < 0.5 * (large - x).abs().max()
+
+
 def test_equi_phase_inactive_step_leaves_x_unchanged():
     f = Counter(_ramp)
     reg = EquiReg(f, schedule="constant", freq=0.5, alpha=1.0)
