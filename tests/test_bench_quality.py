@@ -191,3 +191,21 @@ def test_combine_merges_parts_and_rejects_mismatches(tmp_path):
     with pytest.raises(ValueError, match="differ in 'alpha'"):
         quality.combine([tmp_path / "sr4", tmp_path / "box_inpaint"])
     assert quality.main(["--combine", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_every_solver_runs_on_every_task(monkeypatch):
+    # a solver/task pair that cannot run (e.g. PSLD's gluing on a nonlinear operator) must fail here,
+    # not an hour into the full grid; ReSample's optimisations are shortened, only to save time
+    real = tasks.solver_options_for
+
+    def shorter(solver, task):
+        extra = {"pixel_iters": 5, "latent_iters": 5} if solver == "resample" else {}
+        return {**real(solver, task), **extra}
+
+    monkeypatch.setattr(quality, "solver_options_for", shorter)
+    models = tiny_models()
+    images = torch.rand(1, 1, 32, 32) * 2 - 1
+    res = quality.run_quality(models, images, list(tasks.TASKS), list(tasks.SOLVER_NAMES), ["none"], [2])
+    assert len(res["runs"]) == len(tasks.TASKS) * len(tasks.SOLVER_NAMES)
+    for r in res["runs"]:
+        assert all(math.isfinite(v) for vals in r["values"].values() for v in vals), r["task"]
