@@ -122,13 +122,12 @@ def check_names(values: list[str] | tuple[str, ...], valid: tuple[str, ...] | li
 
 
 def solver_options_for(solver: str, task: str) -> dict[str, Any]:
-    """Per-task solver options, the references' values: DPS's step size per task; PSLD's box-inpainting
-    weights (gamma 1e-2, omega 0.1) and no gluing term (gamma 0) for phase retrieval, whose operator
-    has no pseudo-inverse to glue with; every other case the solver's defaults."""
+    """Per-task solver options: DPS's reference step size per task; PSLD without its gluing term
+    (gamma 0) for phase retrieval, whose operator has no pseudo-inverse to glue with; every other case
+    the solver's defaults (PSLD's box-inpainting weights gamma 1e-2, omega 0.1 are not used: tuned for
+    1000 steps, at 25 steps they leave the measurement unfitted, residual 0.28 against 0.09)."""
     if solver == "dps":
         return {"step_size": get_task(task).dps_step_size}
-    if solver == "psld" and task == "box_inpaint":
-        return {"gamma": 1e-2, "omega": 0.1}
     if solver == "psld" and task == "phase_retrieval":
         return {"gamma": 0.0}
     return {}
