@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m bench.equireg_analysis [--quick] [--tasks sr4 box_inpaint] [--solvers dps psld daps]
+    python -m bench.equireg_analysis [--quick] [--tasks sr4 box_inpaint] [--solvers dps psld]
                                      [--variants equi equicon] [--alphas 0 0.01 0.1 1 10]
                                      [--steps 25] [--images 16] [--out docs/]
 
@@ -369,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quick", action="store_true", help=f"smoke run: {QUICK} (explicit options override)"
     )
     parser.add_argument("--tasks", nargs="+", default=None, help="default: sr4 box_inpaint")
-    parser.add_argument("--solvers", nargs="+", default=None, help="default: dps psld daps")
+    parser.add_argument("--solvers", nargs="+", default=None,
+                        help="default: dps psld (with EquiReg DAPS/SITCOM cost 5-20x more)")
     parser.add_argument("--variants", nargs="+", default=None, help=f"default: all of {list(REG_VARIANTS)}")
     parser.add_argument("--alphas", nargs="+", type=float, default=None, help=f"default: {DEFAULT_ALPHAS}")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default 25)")
@@ -384,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         tasks = check_names(args.tasks or quick.get("tasks") or ["sr4", "box_inpaint"], list(TASKS), "tasks")
         solvers = check_names(
-            args.solvers or quick.get("solvers") or ["dps", "psld", "daps"], SOLVER_NAMES, "solvers"
+            args.solvers or quick.get("solvers") or ["dps", "psld"], SOLVER_NAMES, "solvers"
         )
         variants = check_names(
             args.variants or quick.get("variants") or list(REG_VARIANTS), REG_VARIANTS, "variants"
