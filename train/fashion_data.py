@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", choices=("test", "validation"), default="test",
                         help="test: from the TEST split (default); validation: from the held-out last "
                              f"{VALIDATION} TRAIN images")
-    parser.add_argument("--n", type=int, default=None, help="number of images (default 64 test, 32 validation)")
+    parser.add_argument("--n", type=int, default=None,
+                        help="number of images (default 64 test, 32 validation)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
