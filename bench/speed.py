@@ -2,21 +2,26 @@
 
 Usage::
 
-    python -m bench.speed [--quick] [--solvers ...] [--priors pixel latent] [--batch 8] [--steps 20]
+    python -m bench.speed [--quick] [--solvers ...] [--priors pixel latent] [--batch 8] [--steps 10]
                           [--repeats 3] [--device cpu] [--no-memory] [--out docs/]
 
 Everything is measured side by side in one process on the same inputs (a sr4 measurement of
 held-out images, or random images if the test set is absent):
 
-- unit costs (median of ``--repeats``): denoiser forward, denoiser forward + backward (w.r.t. its
-  input), and the same for the decoder, the encoder and each EquiReg f;
-- each solver run is wrapped so that every call of the denoiser, decoder, encoder and f is counted,
-  split into calls with autograd (charged forward + backward) and without (charged forward). The
-  *necessary* time of a run is the sum of those charges; **solver overhead** = step time / necessary
-  time - 1 (target <= 10%: the solver's own arithmetic costs little next to its network calls);
+- unit costs (median of ``--repeats``, for reference): denoiser forward, denoiser forward + backward
+  (w.r.t. its input), and the same for the decoder, the encoder and each EquiReg f;
+- each solver run is wrapped so that every call of the denoiser, decoder, encoder and f is counted
+  and its inputs recorded, split into calls with autograd and without. The **necessary** time of a
+  run is the time to *replay* exactly those calls (forward + backward w.r.t. the input for the calls
+  with autograd, forward for the others), and the f time the replay of the f calls alone;
+  **solver overhead** = step time / (necessary + f) - 1 (target <= 10%: the solver's own arithmetic
+  costs little next to its network calls);
 - **EquiReg**: step time with Equi / base step time, and the **EquiReg excess** =
-  (t_equireg - t_base - (necessary_equireg - necessary_base)) / t_base: what EquiReg costs beyond its
-  own f evaluations (and any change in network calls), target <= 5%;
+  (t_equireg - t_base - (necessary_equireg + f - necessary_base)) / t_base: what EquiReg costs beyond
+  its own f evaluations (and any change in network calls), target <= 5%;
+- runs and replays are interleaved (run, replay, f replay, for each variant in turn, ``--repeats``
+  times) and every figure is the fastest of its repeats (interference only slows a measurement
+  down), so a noisy machine does not show up as solver overhead;
 - **peak memory**: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated before the
   run; on CPU the run is repeated in a forked child process and the figure is the growth of its peak
   resident set size (``getrusage`` ``ru_maxrss`` minus the RSS at fork; Linux resets the high-water
@@ -29,6 +34,7 @@ Weights: the trained priors when present; otherwise the same architectures (``tr
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import os
 import resource
@@ -58,30 +64,71 @@ from bench.tasks import (
 OVERHEAD_TARGET = 0.10
 EQUIREG_TARGET = 0.05
 QUICK = {"batch": 2, "steps": 3, "repeats": 1, "solvers": ["dps", "psld"]}
-#: Solver options that keep one run short enough to repeat: ReSample's hard-consistency inner loops
-#: (2000 pixel + 500 latent iterations) would otherwise dominate a 20-step run; its per-step figure
-#: is then for the cheaper setting, stated in the output.
-SPEED_OPTIONS: dict[str, dict[str, Any]] = {"resample": {"pixel_iters": 200, "latent_iters": 50}}
+#: Solver options of this benchmark: ReSample's hard-consistency inner loops (2000 pixel + 500 latent
+#: iterations) would dominate a short run, and with its default interval of 10 a 10-step run never
+#: enters them; interval 5 makes a 10-step run do one pixel-space optimisation (plus the final
+#: latent one). Its per-step figure is for this setting, stated in the output.
+SPEED_OPTIONS: dict[str, dict[str, Any]] = {
+    "resample": {"pixel_iters": 200, "latent_iters": 50, "interval": 5},
+}
+
+
+def _detached(value: Any) -> Any:
+    """A copy of a call argument that later solver steps cannot change (tensors detached and cloned)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, tuple):
+        return tuple(_detached(v) for v in value)
+    if isinstance(value, list):
+        return [_detached(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return value
 
 
 class Counted:
-    """Wrap a callable; count calls made with autograd recording (grad) and without."""
+    """Wrap a callable; count calls made with autograd recording (grad) and without.
+
+    With ``record = True`` every call's inputs are also kept (detached copies) with its grad flag,
+    so that :func:`replay` can re-run exactly the network work of a solver run.
+    """
 
     def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
         self.fn = fn
         self.grad = 0
         self.nograd = 0
+        self.record = False
+        self.calls: list[tuple[bool, tuple, dict]] = []
 
     def reset(self) -> None:
         self.grad = self.nograd = 0
+        self.calls = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         out = self.fn(*args, **kwargs)
-        if isinstance(out, torch.Tensor) and out.requires_grad:
+        with_grad = isinstance(out, torch.Tensor) and out.requires_grad
+        if with_grad:
             self.grad += 1
         else:
             self.nograd += 1
+        if self.record:
+            self.calls.append((with_grad, _detached(args), _detached(kwargs)))
         return out
+
+
+def replay(fn: Callable[..., torch.Tensor], calls: Sequence[tuple[bool, tuple, dict]]) -> None:
+    """Re-run recorded calls of ``fn``: forward only for calls made without autograd, forward +
+    backward w.r.t. the first argument for the others (what the solver's backward pass had to do
+    for that network; its other inputs and the weights need no gradient)."""
+    for with_grad, args, kwargs in calls:
+        if not with_grad:
+            with torch.no_grad():
+                fn(*args, **kwargs)
+            continue
+        with torch.inference_mode(False), torch.enable_grad():
+            leaf = args[0].detach().requires_grad_(True)
+            out = fn(leaf, *args[1:], **kwargs)
+            torch.autograd.grad(out.sum(), leaf)
 
 
 def _sync(device: torch.device) -> None:
@@ -89,17 +136,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(run: Callable[[], Any], device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    run()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
 def time_call(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up run (seconds)."""
     fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(_timed(fn, device) for _ in range(repeats))
 
 
 def unit_costs(fn: Callable[..., torch.Tensor], x: torch.Tensor, repeats: int,
@@ -219,21 +267,22 @@ def _images(batch: int, device: torch.device) -> tuple[torch.Tensor, str]:
         return images.to(device), "random images"
 
 
-def bench_one(models: Models, prior_name: str, solver: str, variant: str, y: torch.Tensor, op: Any,
-              steps: int, repeats: int, units: dict[str, tuple[float, float]], alpha: float,
-              memory: bool) -> dict[str, Any]:
-    """Time one (prior, solver, EquiReg variant): step time, counted calls, necessary time, memory."""
+def _instrumented(models: Models, prior_name: str, solver: str, variant: str, y: torch.Tensor, op: Any,
+                  steps: int, alpha: float) -> tuple[Callable[[], None], dict[str, Counted]]:
+    """One solver run with every network call wrapped in a :class:`Counted` (keyed model, decoder,
+    encoder and f; absent networks are left out)."""
     from samplers.solvers import get_solver
 
     prior = models.priors[prior_name]
-    model = Counted(prior.model)
-    decode = None if prior.decode is None else Counted(prior.decode)
-    encode = None if prior.encode is None else Counted(prior.encode)
+    counters = {"model": Counted(prior.model)}
+    if prior.decode is not None:
+        counters["decoder"] = Counted(prior.decode)
+    if prior.encode is not None:
+        counters["encoder"] = Counted(prior.encode)
     reg = make_equireg(variant, prior, models, alpha, seed=0)
-    f = None
     if reg is not None:
-        f = Counted(reg.f)
-        reg.f = f
+        counters["f"] = Counted(reg.f)
+        reg.f = counters["f"]
     sigmas = karras_sigmas(steps, prior.sigma_min, prior.sigma_max)
     x_t = initial_noise(prior, y.shape[0], float(sigmas[0]), seed=0).to(y.device)
     fn = get_solver(solver)
@@ -242,34 +291,71 @@ def bench_one(models: Models, prior_name: str, solver: str, variant: str, y: tor
     def run() -> None:
         if reg is not None:
             reg.reseed(0)
-        fn(model, x_t, sigmas, extra_args={}, disable=True, operator=op, measurement=y, decode=decode,
-           encode=encode, equireg=reg, seed=0, **opts)
+        fn(counters["model"], x_t, sigmas, extra_args={}, disable=True, operator=op, measurement=y,
+           decode=counters.get("decoder"), encode=counters.get("encoder"), equireg=reg, seed=0, **opts)
 
-    counters = {"model": model, "decoder": decode, "encoder": encode, "f": f}
-    run()  # warm-up, and the call counts of one run
-    for c in counters.values():
-        if c is not None:
-            c.reset()
-    run()
-    counts = {k: (c.grad, c.nograd) for k, c in counters.items() if c is not None}
-    seconds = time_call(run, repeats, y.device) if repeats > 1 else _timed(run, y.device)
-    necessary = sum(n_grad * units[f"{prior_name}/{k}"][1] + n_nograd * units[f"{prior_name}/{k}"][0]
-                    for k, (n_grad, n_nograd) in counts.items() if k != "f")
-    f_cost = 0.0
-    if "f" in counts:
-        f_fwd, f_fb = units[f"{prior_name}/f/{variant}"]
-        f_cost = counts["f"][0] * f_fb + counts["f"][1] * f_fwd
-    return {"prior": prior_name, "solver": solver, "variant": variant, "steps": steps,
-            "step_s": seconds / steps, "necessary_step_s": necessary / steps, "f_step_s": f_cost / steps,
-            "calls": counts, "peak_bytes": peak_memory(run, y.device) if memory else None}
+    return run, counters
 
 
-def _timed(run: Callable[[], None], device: torch.device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    run()
-    _sync(device)
-    return time.perf_counter() - t0
+def _replay_each(pairs: Sequence[tuple[Callable[..., torch.Tensor], list]]) -> None:
+    for fn, calls in pairs:
+        replay(fn, calls)
+
+
+def bench_solver(models: Models, prior_name: str, solver: str, variants: Sequence[str], y: torch.Tensor,
+                 op: Any, steps: int, repeats: int, alpha: float, memory: bool) -> list[dict[str, Any]]:
+    """Time every EquiReg variant of one (prior, solver); one row per variant.
+
+    A first run of each variant records its network calls. Then, ``repeats`` times and for every
+    variant in turn: the solver run, the replay of its denoiser/decoder/encoder calls (the
+    *necessary* time) and the replay of its f calls. Each figure is the fastest of its repeats:
+    interference from other processes only ever slows a measurement down, so the minimum is the
+    least noisy estimate of the true cost (as ``timeit`` advises), and interleaving exposes run and
+    replay to the same conditions. ``times_s`` keeps every repeat.
+    """
+    device = y.device
+    setups = {}
+    for variant in variants:
+        run, counters = _instrumented(models, prior_name, solver, variant, y, op, steps, alpha)
+        for c in counters.values():
+            c.record = True
+        run()  # warm-up; records the calls of one run
+        for c in counters.values():
+            c.record = False
+        counts = {k: (c.grad, c.nograd) for k, c in counters.items()}
+        nets = [(c.fn, c.calls) for k, c in counters.items() if k != "f"]
+        f_calls = [(c.fn, c.calls) for k, c in counters.items() if k == "f"]
+
+        replay_all = functools.partial(_replay_each, nets)
+        replay_f = functools.partial(_replay_each, f_calls)
+        replay_all()
+        replay_f()  # warm-up
+        setups[variant] = (run, replay_all, replay_f, counts)
+
+    times: dict[str, dict[str, list[float]]] = {v: {"run": [], "net": [], "f": []} for v in variants}
+    for _ in range(repeats):
+        for variant, (run, replay_all, replay_f, _counts) in setups.items():
+            times[variant]["run"].append(_timed(run, device))
+            times[variant]["net"].append(_timed(replay_all, device))
+            times[variant]["f"].append(_timed(replay_f, device) if "f" in _counts else 0.0)
+
+    rows = []
+    for variant, (run, _ra, _rf, counts) in setups.items():
+        t = {k: min(v) for k, v in times[variant].items()}
+        row: dict[str, Any] = {
+            "prior": prior_name, "solver": solver, "variant": variant, "steps": steps, "repeats": repeats,
+            "step_s": t["run"] / steps, "necessary_step_s": t["net"] / steps, "f_step_s": t["f"] / steps,
+            "calls": counts, "times_s": times[variant],
+            # EquiReg's f evaluations are necessary too
+            "overhead": t["run"] / (t["net"] + t["f"]) - 1,
+        }
+        if variant != "none" and "none" in times:
+            b = {k: min(v) for k, v in times["none"].items()}
+            row["vs_base"] = t["run"] / b["run"]
+            row["equireg_excess"] = (t["run"] - b["run"] - (t["net"] + t["f"] - b["net"])) / b["run"]
+        row["peak_bytes"] = peak_memory(run, device) if memory else None
+        rows.append(row)
+    return rows
 
 
 def measure_units(models: Models, priors: Sequence[str], variants: Sequence[str], batch: int,
@@ -304,11 +390,13 @@ def _mib(v: int | str | None) -> str:
 
 def markdown(rows: list[dict[str, Any]], units: dict[str, tuple[float, float]], meta: dict[str, Any]) -> str:
     lines = ["# Per-step cost (Fashion-MNIST priors)", "",
-             f"Command: `{meta['command']}`; batch {meta['batch']}, {meta['steps']} steps, median of "
-             f"{meta['repeats']} run(s), {meta['device']}, {meta['threads']} thread(s), {meta['inputs']}.",
+             f"Command: `{meta['command']}`; batch {meta['batch']}, {meta['steps']} steps, fastest of "
+             f"{meta['repeats']} interleaved run(s), {meta['device']}, {meta['threads']} thread(s), "
+             f"{meta['inputs']}.",
              f"Notes: {'; '.join(meta['notes']) or 'trained weights'}. ReSample runs with "
-             f"{SPEED_OPTIONS['resample']} (cheaper hard-consistency loops than its defaults).", "",
-             f"Targets: solver overhead (step time / necessary network time − 1) ≤ "
+             f"{SPEED_OPTIONS['resample']} (shorter hard-consistency loops than its defaults, entered "
+             "every 5 steps).", "",
+             f"Targets: solver overhead (step time / replayed network time − 1) ≤ "
              f"{OVERHEAD_TARGET:.0%}; EquiReg excess (extra step time beyond its own f evaluations, "
              f"relative to the base step) ≤ {EQUIREG_TARGET:.0%}. Peak memory: {meta['memory_kind']}.", "",
              "## Unit costs (ms, batch {})".format(meta["batch"]), "",
@@ -319,20 +407,14 @@ def markdown(rows: list[dict[str, Any]], units: dict[str, tuple[float, float]], 
               "| prior | solver | EquiReg | step (ms) | necessary (ms) | overhead | f (ms) | vs base | "
               "EquiReg excess | peak memory (MiB) | calls (grad/no-grad) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
-    base = {(r["prior"], r["solver"]): r for r in rows if r["variant"] == "none"}
     for r in rows:
-        needed = r["necessary_step_s"] + r["f_step_s"]  # EquiReg's f evaluations are necessary too
-        overhead = r["step_s"] / needed - 1 if needed > 0 else float("nan")
+        overhead = r["overhead"]
         ok = "✓" if overhead <= OVERHEAD_TARGET else "✗"
         vs, excess = "–", "–"
-        b = base.get((r["prior"], r["solver"]))
-        if r["variant"] != "none" and b is not None:
-            vs = f"{r['step_s'] / b['step_s']:.2f}×"
-            extra_needed = r["necessary_step_s"] + r["f_step_s"] - b["necessary_step_s"]
-            ex = (r["step_s"] - b["step_s"] - extra_needed) / b["step_s"]
+        if "equireg_excess" in r:
+            vs = f"{r['vs_base']:.2f}×"
+            ex = r["equireg_excess"]
             excess = f"{_pct(ex)} {'✓' if ex <= EQUIREG_TARGET else '✗'}"
-            r["equireg_excess"] = ex
-        r["overhead"] = overhead
         calls = ", ".join(f"{k} {g}/{n}" for k, (g, n) in r["calls"].items())
         lines.append(f"| {r['prior']} | {r['solver']} | {r['variant']} | {1e3 * r['step_s']:.1f} | "
                      f"{1e3 * r['necessary_step_s']:.1f} | {_pct(overhead)} {ok} | "
@@ -351,7 +433,7 @@ def main(argv: Sequence[str] | None = None, results: dict[str, Any] | None = Non
     parser.add_argument("--variants", nargs="+", default=["none", "equi"],
                         help="EquiReg variants to time (default: none equi)")
     parser.add_argument("--batch", type=int, default=None, help="default 8")
-    parser.add_argument("--steps", type=int, default=None, help="default 20")
+    parser.add_argument("--steps", type=int, default=None, help="default 10")
     parser.add_argument("--repeats", type=int, default=None, help="default 3")
     parser.add_argument("--alpha", type=float, default=0.01)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
@@ -367,7 +449,7 @@ def main(argv: Sequence[str] | None = None, results: dict[str, Any] | None = Non
     if "none" not in variants:
         parser.error("--variants must include 'none' (the base every EquiReg figure is relative to)")
     batch = args.batch or quick.get("batch") or 8
-    steps = args.steps or quick.get("steps") or 20
+    steps = args.steps or quick.get("steps") or 10
     repeats = args.repeats or quick.get("repeats") or 3
     if min(batch, steps, repeats, args.threads) < 1:
         parser.error("--batch, --steps, --repeats and --threads must be >= 1")
@@ -383,16 +465,16 @@ def main(argv: Sequence[str] | None = None, results: dict[str, Any] | None = Non
     rows = []
     for prior in priors:
         for solver in solvers:
-            for variant in variants:
-                try:
-                    row = bench_one(models, prior, solver, variant, y, op, steps, repeats, units, args.alpha,
-                                    not args.no_memory)
-                except (TypeError, ValueError, RuntimeError) as err:
-                    print(f"# {prior}/{solver}/{variant}: not run ({err})", file=sys.stderr)
-                    continue
-                rows.append(row)
-                print(f"# {prior}/{solver}/{variant}: {1e3 * row['step_s']:.1f} ms/step", file=sys.stderr,
-                      flush=True)
+            try:
+                solver_rows = bench_solver(models, prior, solver, variants, y, op, steps, repeats, args.alpha,
+                                           not args.no_memory)
+            except (TypeError, ValueError, RuntimeError) as err:
+                print(f"# {prior}/{solver}: not run ({err})", file=sys.stderr)
+                continue
+            rows += solver_rows
+            for row in solver_rows:
+                print(f"# {prior}/{solver}/{row['variant']}: {1e3 * row['step_s']:.1f} ms/step, overhead "
+                      f"{_pct(row['overhead'])}", file=sys.stderr, flush=True)
     meta = {"command": "python -m bench.speed " + " ".join(sys.argv[1:] if argv is None else argv),
             "batch": batch, "steps": steps, "repeats": repeats, "device": str(device),
             "threads": args.threads, "inputs": inputs + ", sr4 measurement", "notes": notes,

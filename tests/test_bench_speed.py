@@ -24,28 +24,72 @@ def test_counted_splits_grad_and_nograd_calls():
     assert (c.grad, c.nograd) == (0, 0)
 
 
-def test_bench_one_counts_follow_the_solver_definitions():
+class _CountingNet(torch.nn.Module):
+    """A network that counts its forward passes and the backward passes through its output."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.forwards = 0
+        self.backwards = 0
+
+    def forward(self, *args, **kwargs):
+        self.forwards += 1
+        out = self.net(*args, **kwargs)
+        if out.requires_grad:
+            out.register_hook(self._count_backward)
+        return out
+
+    def _count_backward(self, grad):
+        self.backwards += 1
+
+
+@pytest.mark.parametrize("solver", ["dps", "sitcom", "daps"])
+def test_replay_redoes_exactly_the_recorded_network_work(solver):
+    models = tiny_models()
+    prior = models.priors["latent"]
+    net = _CountingNet(prior.model)
+    models.priors["latent"] = tasks.Prior("latent", net, prior.shape, prior.decode, prior.encode,
+                                          sigma_max=prior.sigma_max)
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    op = tasks.get_task("sr4").build()
+    y = tasks.measure(op, x, 1)
+    run, counters = speed._instrumented(models, "latent", solver, "equi", y, op, 2, 0.1)
+    counters["model"].record = True
+    run()
+    in_run = (net.forwards, net.backwards)
+    calls = counters["model"].calls
+    assert len(calls) == counters["model"].grad + counters["model"].nograd > 0
+    assert in_run[1] == counters["model"].grad  # every call with autograd was differentiated once
+    net.forwards = net.backwards = 0
+    speed.replay(net, calls)
+    assert (net.forwards, net.backwards) == in_run
+    # the recorded inputs are copies: the replay sees what the solver passed, not later values
+    assert all(not args[0].requires_grad for _, args, _ in calls)
+
+
+def test_bench_solver_counts_follow_the_solver_definitions():
     models = tiny_models()
     x = torch.rand(2, 1, 32, 32) * 2 - 1
     op = tasks.get_task("sr4").build()
     y = tasks.measure(op, x, 1)
-    units = speed.measure_units(models, ["pixel", "latent"], ["none", "equi"], 2, 1, 0.1, torch.device("cpu"))
     steps = 3
-    # DPS: one differentiated denoiser call per step; Equi evaluates f(x) and f(T_g x) on every step
-    base = speed.bench_one(models, "pixel", "dps", "none", y, op, steps, 1, units, 0.1, memory=False)
-    assert base["calls"]["model"] == (steps, 0)
-    equi = speed.bench_one(models, "pixel", "dps", "equi", y, op, steps, 1, units, 0.1, memory=False)
-    assert equi["calls"]["f"] == (2 * steps, 0)
-    fwd, fwd_bwd = units["pixel/model"]
-    assert base["necessary_step_s"] == pytest.approx(fwd_bwd)
-    f_fwd, f_fb = units["pixel/f/equi"]
-    assert equi["f_step_s"] == pytest.approx(2 * f_fb)
-    # latent DPS also decodes once per step (with autograd)
-    lat = speed.bench_one(models, "latent", "dps", "none", y, op, steps, 1, units, 0.1, memory=False)
-    assert lat["calls"]["model"] == (steps, 0) and lat["calls"]["decoder"] == (steps, 0)
-    assert lat["necessary_step_s"] == pytest.approx(units["latent/model"][1] + units["latent/decoder"][1])
+    # DPS: one differentiated denoiser call per step; Equi evaluates f on every step
+    base, equi = speed.bench_solver(models, "pixel", "dps", ["none", "equi"], y, op, steps, 2, 0.1,
+                                    memory=False)
+    assert (base["variant"], equi["variant"]) == ("none", "equi")
+    assert base["calls"] == {"model": (steps, 0)}
+    assert equi["calls"]["model"] == (steps, 0) and equi["calls"]["f"][1] == 0
+    assert equi["calls"]["f"][0] in (steps, 2 * steps)
+    assert base["f_step_s"] == 0.0 and equi["f_step_s"] > 0
+    assert "equireg_excess" in equi and "equireg_excess" not in base
+    assert equi["vs_base"] > 0
+    # latent DPS also decodes once per step (with autograd); the encoder is never called
+    (lat,) = speed.bench_solver(models, "latent", "dps", ["none"], y, op, steps, 1, 0.1, memory=False)
+    assert lat["calls"] == {"model": (steps, 0), "decoder": (steps, 0), "encoder": (0, 0)}
     for r in (base, equi, lat):
-        assert math.isfinite(r["step_s"]) and r["step_s"] > 0
+        assert math.isfinite(r["step_s"]) and r["step_s"] > 0 and r["necessary_step_s"] > 0
+        assert math.isfinite(r["overhead"]) and r["overhead"] > -1
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="CPU peak memory uses fork and /proc")
