@@ -22,6 +22,11 @@ held-out images, or random images if the test set is absent):
 - runs and replays are interleaved (run, replay, f replay, for each variant in turn, ``--repeats``
   times) and every figure is the fastest of its repeats (interference only slows a measurement
   down), so a noisy machine does not show up as solver overhead;
+- **outside networks + autograd**: one more run per row split in place (:func:`split_run`): the share
+  of its time spent neither inside a network's forward call nor inside ``torch.autograd.grad``,
+  i.e. the solver's own arithmetic and Python. Measured within one run, it does not depend on how
+  fast the machine was at another moment (an upper bound on the solver's own cost would add the
+  backward of its loss through the operator, which sits inside autograd);
 - **peak memory**: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated before the
   run; on CPU the run is repeated in a forked child process and the figure is the growth of its peak
   resident set size (``getrusage`` ``ru_maxrss`` minus the RSS at fork; Linux resets the high-water
@@ -99,13 +104,22 @@ class Counted:
         self.nograd = 0
         self.record = False
         self.calls: list[tuple[bool, tuple, dict]] = []
+        #: [seconds, device] while an attribution run times the calls, else None
+        self.timer: list | None = None
 
     def reset(self) -> None:
         self.grad = self.nograd = 0
         self.calls = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        out = self.fn(*args, **kwargs)
+        if self.timer is not None:  # attribution run: time this call (synchronised on CUDA)
+            _sync(self.timer[1])
+            t0 = time.perf_counter()
+            out = self.fn(*args, **kwargs)
+            _sync(self.timer[1])
+            self.timer[0] += time.perf_counter() - t0
+        else:
+            out = self.fn(*args, **kwargs)
         with_grad = isinstance(out, torch.Tensor) and out.requires_grad
         if with_grad:
             self.grad += 1
@@ -297,6 +311,38 @@ def _instrumented(models: Models, prior_name: str, solver: str, variant: str, y:
     return run, counters
 
 
+def split_run(run: Callable[[], None], counters: dict[str, Counted],
+              device: torch.device) -> dict[str, float]:
+    """One run with its time split in place: seconds inside the networks' forward calls, inside
+    ``torch.autograd.grad`` (the networks' backward passes plus the backward of the solver's own
+    loss), and the rest (the solver's own arithmetic and Python). Measured within a single run, so
+    the split does not depend on how fast the machine was at another moment."""
+    timer = [0.0, device]
+    grad_time = [0.0]
+    autograd_grad = torch.autograd.grad
+
+    def timed_grad(*args: Any, **kwargs: Any) -> Any:
+        _sync(device)
+        t0 = time.perf_counter()
+        out = autograd_grad(*args, **kwargs)
+        _sync(device)
+        grad_time[0] += time.perf_counter() - t0
+        return out
+
+    for c in counters.values():
+        c.timer = timer
+    torch.autograd.grad = timed_grad  # the solvers call torch.autograd.grad through the module
+    try:
+        total = _timed(run, device)
+    finally:
+        torch.autograd.grad = autograd_grad
+        for c in counters.values():
+            c.timer = None
+    # an f that calls a wrapped network would be counted twice; f wraps the raw networks here
+    rest = total - timer[0] - grad_time[0]
+    return {"total_s": total, "forward_s": timer[0], "autograd_s": grad_time[0], "rest_s": rest}
+
+
 def _replay_each(pairs: Sequence[tuple[Callable[..., torch.Tensor], list]]) -> None:
     for fn, calls in pairs:
         replay(fn, calls)
@@ -330,17 +376,17 @@ def bench_solver(models: Models, prior_name: str, solver: str, variants: Sequenc
         replay_f = functools.partial(_replay_each, f_calls)
         replay_all()
         replay_f()  # warm-up
-        setups[variant] = (run, replay_all, replay_f, counts)
+        setups[variant] = (run, replay_all, replay_f, counts, counters)
 
     times: dict[str, dict[str, list[float]]] = {v: {"run": [], "net": [], "f": []} for v in variants}
     for _ in range(repeats):
-        for variant, (run, replay_all, replay_f, _counts) in setups.items():
+        for variant, (run, replay_all, replay_f, _counts, _c) in setups.items():
             times[variant]["run"].append(_timed(run, device))
             times[variant]["net"].append(_timed(replay_all, device))
             times[variant]["f"].append(_timed(replay_f, device) if "f" in _counts else 0.0)
 
     rows = []
-    for variant, (run, _ra, _rf, counts) in setups.items():
+    for variant, (run, _ra, _rf, counts, counters) in setups.items():
         t = {k: min(v) for k, v in times[variant].items()}
         row: dict[str, Any] = {
             "prior": prior_name, "solver": solver, "variant": variant, "steps": steps, "repeats": repeats,
@@ -353,6 +399,8 @@ def bench_solver(models: Models, prior_name: str, solver: str, variants: Sequenc
             b = {k: min(v) for k, v in times["none"].items()}
             row["vs_base"] = t["run"] / b["run"]
             row["equireg_excess"] = (t["run"] - b["run"] - (t["net"] + t["f"] - b["net"])) / b["run"]
+        row["split"] = split_run(run, counters, device)
+        row["rest_share"] = row["split"]["rest_s"] / row["split"]["total_s"]
         row["peak_bytes"] = peak_memory(run, device) if memory else None
         rows.append(row)
     return rows
@@ -405,8 +453,8 @@ def markdown(rows: list[dict[str, Any]], units: dict[str, tuple[float, float]], 
         lines.append(f"| {key} | {1e3 * fwd:.2f} | {1e3 * fb:.2f} |")
     lines += ["", "## Solvers", "",
               "| prior | solver | EquiReg | step (ms) | necessary (ms) | overhead | f (ms) | vs base | "
-              "EquiReg excess | peak memory (MiB) | calls (grad/no-grad) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "EquiReg excess | outside networks + autograd | peak memory (MiB) | calls (grad/no-grad) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         overhead = r["overhead"]
         ok = "✓" if overhead <= OVERHEAD_TARGET else "✗"
@@ -419,7 +467,7 @@ def markdown(rows: list[dict[str, Any]], units: dict[str, tuple[float, float]], 
         lines.append(f"| {r['prior']} | {r['solver']} | {r['variant']} | {1e3 * r['step_s']:.1f} | "
                      f"{1e3 * r['necessary_step_s']:.1f} | {_pct(overhead)} {ok} | "
                      f"{1e3 * r['f_step_s']:.1f} | "
-                     f"{vs} | {excess} | {_mib(r['peak_bytes'])} | {calls} |")
+                     f"{vs} | {excess} | {100 * r['rest_share']:.1f}% | {_mib(r['peak_bytes'])} | {calls} |")
     return "\n".join(lines) + "\n"
 
 
