@@ -70,19 +70,17 @@ class ReSample(Strategy):
     def _mse(self, img: Tensor) -> Tensor:
         return self.ctx.residual(img).pow(2).mean(dim=1)
 
-    def _optimise(self, start: Tensor, objective, lr: float, iters: int, stall_window: int | None) -> Tensor:
-        """Minimise objective(v) -> (B,) MSE-like values per sample with per-sample early stopping."""
+    def _optimise(self, start: Tensor, value_and_grad, lr: float, iters: int,
+                  stall_window: int | None) -> Tensor:
+        """Minimise per sample with early stopping; ``value_and_grad(v)`` returns the (B,) MSE that
+        the stopping rules watch and the gradient of the full objective w.r.t. v."""
         tol = self.opt["mse_tol"]
         v = start.detach().float().clone()
         adam = BatchedAdam(v, lr, weight_decay=self.opt["weight_decay"])
         active = torch.ones(v.shape[0], dtype=torch.bool, device=v.device)
         history: list[Tensor] = []
         for it in range(iters):
-            with grad_enabled():
-                leaf = v.detach().clone().requires_grad_(True)
-                mse, total = objective(leaf)
-                (grad,) = torch.autograd.grad(total.sum(), leaf)
-            mse = mse.detach()
+            mse, grad = value_and_grad(v)
             active = active & (mse >= tol)
             if stall_window is not None:
                 history.append(mse)
@@ -92,6 +90,19 @@ class ReSample(Strategy):
                 break
             v = adam.step(v, grad, active)
         return v.to(start.dtype)
+
+    @staticmethod
+    def _autograd(objective):
+        """value_and_grad from objective(leaf) -> (mse, total), differentiating total."""
+
+        def value_and_grad(v: Tensor) -> tuple[Tensor, Tensor]:
+            with grad_enabled():
+                leaf = v.detach().clone().requires_grad_(True)
+                mse, total = objective(leaf)
+                (grad,) = torch.autograd.grad(total.sum(), leaf)
+            return mse.detach(), grad
+
+        return value_and_grad
 
     def _with_penalty(self, mse: Tensor, z: Tensor, step: int) -> tuple[Tensor, Tensor]:
         penalty = self.ctx.penalty(z, step)
@@ -103,8 +114,11 @@ class ReSample(Strategy):
         def objective(z: Tensor):
             return self._with_penalty(self._mse(ctx.decode(z.to(z0.dtype))), z, step)
 
+        value_and_grad = self._autograd(objective)
+        if ctx.options["decode"] is None:  # pixel model: the "latent" is the image itself
+            value_and_grad = self._closed_form(z0.float(), step, penalised=True) or value_and_grad
         lr, iters = self.opt["latent_lr"], self.opt["latent_iters"]
-        return self._optimise(z0, objective, lr, iters, stall_window=200)
+        return self._optimise(z0, value_and_grad, lr, iters, stall_window=200)
 
     def pixel_optimisation(self, z0: Tensor, step: int) -> Tensor:
         ctx = self.ctx
@@ -116,10 +130,41 @@ class ReSample(Strategy):
             mse = self._mse(img)
             return self._with_penalty(mse, img, step) if pixel_model else (mse, mse)
 
+        value_and_grad = self._closed_form(img0, step, penalised=pixel_model) or self._autograd(objective)
         lr, iters = self.opt["pixel_lr"], self.opt["pixel_iters"]
-        img = self._optimise(img0, objective, lr, iters, stall_window=None)
+        img = self._optimise(img0, value_and_grad, lr, iters, stall_window=None)
         with torch.no_grad():
             return ctx.encode(img, z0)
+
+    def _closed_form(self, like: Tensor, step: int, penalised: bool):
+        """value_and_grad of the image-space MSE ||A x - y||^2 / m in closed form, 2 A^T (A x - y) / m,
+        for a linear operator (plus the EquiReg penalty's gradient by autograd when ``penalised`` and
+        active); None when A is not linear or A^T does not return x's shape (an odd size whose
+        measurement size is ambiguous). The consistency loops run up to thousands of iterations per
+        step, where an autograd graph per iteration costs more than the arithmetic."""
+        ctx, op = self.ctx, self.ctx.operator
+        if not getattr(op, "linear", False):
+            return None
+        with torch.no_grad():
+            probe = op(like.float())
+            if op.adjoint(probe).shape != like.shape:
+                return None
+        y = ctx.measurement.reshape(probe.shape)
+        m = probe[0].numel()
+        with_penalty = penalised and ctx.equireg is not None and ctx.equireg.is_active(step, ctx.total_steps)
+
+        def value_and_grad(v: Tensor) -> tuple[Tensor, Tensor]:
+            r = op(v) - y
+            mse = r.reshape(r.shape[0], -1).pow(2).mean(dim=1)
+            grad = op.adjoint(r) * (2.0 / m)
+            if with_penalty:
+                with grad_enabled():
+                    leaf = v.detach().clone().requires_grad_(True)
+                    (pen_grad,) = torch.autograd.grad(ctx.penalty(leaf, step).sum(), leaf)
+                grad = grad + pen_grad
+            return mse, grad
+
+        return value_and_grad
 
     # ---- the step ----------------------------------------------------------------------------
     def step(self, i: int, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
