@@ -41,6 +41,7 @@ from bench.tasks import (
     Models,
     check_names,
     get_task,
+    keep_freed_cpu_memory,
     load_models,
     make_equireg,
     mean_ci95,
@@ -357,6 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-lpips", action="store_true", help="skip the ST-LPIPS column")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc settings alone (by default CPU runs keep freed memory "
+                             "for reuse, see bench.tasks.keep_freed_cpu_memory)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--combine", nargs="+", type=Path, default=None, metavar="DIR",
@@ -388,6 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads < 1:
         parser.error("--threads must be >= 1")
     torch.set_num_threads(args.threads)
+    malloc_note = ("malloc: unchanged (--default-malloc)" if args.default_malloc
+                   else keep_freed_cpu_memory(args.device))
+    print(f"# {malloc_note}", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
     from samplers.models.fashion import load_test_images

@@ -62,6 +62,7 @@ from bench.tasks import (
     get_task,
     initial_noise,
     karras_sigmas,
+    keep_freed_cpu_memory,
     make_equireg,
     measure,
 )
@@ -441,7 +442,7 @@ def markdown(rows: list[dict[str, Any]], units: dict[str, tuple[float, float]], 
              f"Command: `{meta['command']}`; batch {meta['batch']}, {meta['steps']} steps, fastest of "
              f"{meta['repeats']} interleaved run(s), {meta['device']}, {meta['threads']} thread(s), "
              f"{meta['inputs']}.",
-             f"Notes: {'; '.join(meta['notes']) or 'trained weights'}. ReSample runs with "
+             f"Notes: {'; '.join(meta['notes'])}. ReSample runs with "
              f"{SPEED_OPTIONS['resample']} (shorter hard-consistency loops than its defaults, entered "
              "every 5 steps).", "",
              f"Targets: solver overhead (step time / replayed network time − 1) ≤ "
@@ -486,6 +487,9 @@ def main(argv: Sequence[str] | None = None, results: dict[str, Any] | None = Non
     parser.add_argument("--alpha", type=float, default=0.01)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc settings alone (by default CPU runs keep freed memory "
+                             "for reuse, see bench.tasks.keep_freed_cpu_memory)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="also write bench_speed.md here")
     args = parser.parse_args(argv)
@@ -502,6 +506,9 @@ def main(argv: Sequence[str] | None = None, results: dict[str, Any] | None = Non
     if min(batch, steps, repeats, args.threads) < 1:
         parser.error("--batch, --steps, --repeats and --threads must be >= 1")
     torch.set_num_threads(args.threads)
+    malloc_note = ("malloc: unchanged (--default-malloc)" if args.default_malloc
+                   else keep_freed_cpu_memory(args.device))
+    print(f"# {malloc_note}", file=sys.stderr, flush=True)
     device = torch.device(args.device)
 
     t0 = time.perf_counter()
@@ -525,7 +532,8 @@ def main(argv: Sequence[str] | None = None, results: dict[str, Any] | None = Non
                       f"{_pct(row['overhead'])}", file=sys.stderr, flush=True)
     meta = {"command": "python -m bench.speed " + " ".join(sys.argv[1:] if argv is None else argv),
             "batch": batch, "steps": steps, "repeats": repeats, "device": str(device),
-            "threads": args.threads, "inputs": inputs + ", sr4 measurement", "notes": notes,
+            "threads": args.threads, "inputs": inputs + ", sr4 measurement",
+            "notes": [*(notes or ["trained weights"]), malloc_note],
             "memory_kind": ("skipped" if args.no_memory else
                             "torch.cuda.max_memory_allocated growth" if device.type == "cuda" else
                             "peak RSS growth of a forked child (getrusage ru_maxrss)")}

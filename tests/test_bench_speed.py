@@ -123,3 +123,12 @@ def test_cli_quick_runs_and_reports_targets(tmp_path, capsys):
 def test_cli_rejects_unknown_solver():
     with pytest.raises(ValueError, match="valid solvers"):
         speed.main(["--solvers", "ddnm"])
+
+
+def test_keep_freed_cpu_memory_reports_what_it_did():
+    note = tasks.keep_freed_cpu_memory("cpu")
+    if sys.platform.startswith("linux"):
+        assert note.startswith("malloc: glibc keeps freed memory") or "unchanged" in note
+    else:
+        assert "unchanged" in note
+    assert tasks.keep_freed_cpu_memory("meta") == "malloc: unchanged (not a CPU run)"
