@@ -340,3 +340,26 @@ def test_resample_closed_form_consistency_matches_autograd(op_name, size):
             reg.reseed(0)
         auto = get_solver("resample")(prior, x, sigmas, operator=_NotMarkedLinear(op), **opts)
         torch.testing.assert_close(closed, auto, rtol=1e-4, atol=1e-4)
+
+
+def test_batched_adam_fast_and_masked_paths_agree_with_torch_over_steps():
+    g = torch.Generator().manual_seed(0)
+    p0 = torch.randn(3, 4, 5, generator=g)
+    grads = [torch.randn(3, 4, 5, generator=g) for _ in range(6)]
+    all_on = torch.ones(3, dtype=torch.bool)
+    fast, masked = BatchedAdam(p0, lr=0.05, weight_decay=0.01), BatchedAdam(p0, lr=0.05, weight_decay=0.01)
+    masked._uniform_steps = None  # force the per-sample (masked) path
+    ref = p0.clone().requires_grad_(True)
+    torch_opt = torch.optim.AdamW([ref], lr=0.05, weight_decay=0.01)
+    pf, pm = p0, p0
+    for grad in grads:
+        pf, pm = fast.step(pf, grad, all_on), masked.step(pm, grad, all_on)
+        ref.grad = grad.clone()
+        torch_opt.step()
+    assert fast._uniform_steps == len(grads)
+    torch.testing.assert_close(pf, pm)
+    torch.testing.assert_close(pf, ref.detach())
+    # freezing one sample later switches to per-sample counts; the frozen sample does not move
+    out = fast.step(pf, grads[0], torch.tensor([True, False, True]))
+    assert fast._uniform_steps is None and torch.equal(out[1], pf[1])
+    assert fast.t.tolist() == [7.0, 6.0, 7.0]

@@ -342,10 +342,27 @@ class BatchedAdam:
         self.m = torch.zeros_like(param)
         self.v = torch.zeros_like(param)
         self.t = torch.zeros(param.shape[0], dtype=torch.float32, device=param.device)
+        # Steps taken while every sample was active (then all share one step count and the bias
+        # corrections are plain numbers); None once any sample has been frozen.
+        self._uniform_steps: int | None = 0
 
     def step(self, param: Tensor, grad: Tensor, active: Tensor) -> Tensor:
         """Return the updated param; samples where ``active`` is False are left unchanged."""
         b1, b2 = self.betas
+        if self._uniform_steps is not None and bool(active.all()):
+            # Common case, in place and with scalar bias corrections: ReSample's consistency loops
+            # take thousands of these steps, where each small tensor op is a visible cost.
+            self._uniform_steps += 1
+            n = self._uniform_steps
+            self.t += 1
+            self.m.lerp_(grad, 1 - b1)
+            self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            denom = (self.v / (1 - b2**n)).sqrt_().add_(self.eps)
+            update = (self.m / denom).mul_(1 / (1 - b1**n))
+            if self.weight_decay:
+                update.add_(param, alpha=self.weight_decay)
+            return param.add(update, alpha=-self.lr)
+        self._uniform_steps = None
         mask = active.view(-1, *([1] * (param.dim() - 1))).to(param.dtype)
         self.t = self.t + active.float()
         t = self.t.clamp(min=1).view(-1, *([1] * (param.dim() - 1))).to(param.dtype)
