@@ -44,9 +44,10 @@ from bench.tasks import (
     VARIANTS,
     Models,
     Prior,
+    add_malloc_option,
+    apply_malloc_option,
     check_names,
     get_task,
-    keep_freed_cpu_memory,
     load_models,
     make_equireg,
     mean_ci95,
@@ -378,9 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=None, help="validation images (default 16, at most 32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc's malloc settings alone (by default CPU runs keep freed memory "
-                             "for reuse, see bench.tasks.keep_freed_cpu_memory)")
+    add_malloc_option(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
@@ -407,9 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads < 1:
         parser.error("--threads must be >= 1")
     torch.set_num_threads(args.threads)
-    malloc_note = ("malloc: unchanged (--default-malloc)" if args.default_malloc
-                   else keep_freed_cpu_memory(args.device))
-    print(f"# {malloc_note}", file=sys.stderr, flush=True)
+    apply_malloc_option(args)
 
     def log(msg: str) -> None:
         print(f"# {msg}", file=sys.stderr, flush=True)

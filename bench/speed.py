@@ -58,11 +58,12 @@ from bench.tasks import (
     SOLVER_NAMES,
     Models,
     Prior,
+    add_malloc_option,
+    apply_malloc_option,
     check_names,
     get_task,
     initial_noise,
     karras_sigmas,
-    keep_freed_cpu_memory,
     make_equireg,
     measure,
 )
@@ -487,9 +488,7 @@ def main(argv: Sequence[str] | None = None, results: dict[str, Any] | None = Non
     parser.add_argument("--alpha", type=float, default=0.01)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc's malloc settings alone (by default CPU runs keep freed memory "
-                             "for reuse, see bench.tasks.keep_freed_cpu_memory)")
+    add_malloc_option(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="also write bench_speed.md here")
     args = parser.parse_args(argv)
@@ -506,9 +505,7 @@ def main(argv: Sequence[str] | None = None, results: dict[str, Any] | None = Non
     if min(batch, steps, repeats, args.threads) < 1:
         parser.error("--batch, --steps, --repeats and --threads must be >= 1")
     torch.set_num_threads(args.threads)
-    malloc_note = ("malloc: unchanged (--default-malloc)" if args.default_malloc
-                   else keep_freed_cpu_memory(args.device))
-    print(f"# {malloc_note}", file=sys.stderr, flush=True)
+    malloc_note = apply_malloc_option(args)
     device = torch.device(args.device)
 
     t0 = time.perf_counter()

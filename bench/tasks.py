@@ -33,6 +33,7 @@ symmetric; a 90 degree rotation is not a symmetry of the data):
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import math
 import sys
@@ -326,3 +327,19 @@ def keep_freed_cpu_memory(device: str | torch.device) -> str:
     if not ok:
         return "malloc: mallopt refused the settings; unchanged"
     return "malloc: glibc keeps freed memory (mmap threshold 32 MiB, no trimming)"
+
+
+def add_malloc_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--default-malloc`` switch of the benchmark CLIs (see :func:`keep_freed_cpu_memory`)."""
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc settings alone (by default CPU runs keep freed memory "
+                             "for reuse, see bench.tasks.keep_freed_cpu_memory)")
+
+
+def apply_malloc_option(args: argparse.Namespace) -> str:
+    """Apply ``--default-malloc`` / :func:`keep_freed_cpu_memory` for ``args.device``; log and return
+    the note."""
+    note = ("malloc: unchanged (--default-malloc)" if args.default_malloc
+            else keep_freed_cpu_memory(args.device))
+    print(f"# {note}", file=sys.stderr, flush=True)
+    return note

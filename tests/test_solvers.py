@@ -291,6 +291,20 @@ class _NotMarkedLinear(torch.nn.Module):
         return self.op(x)
 
 
+def _linear_pixel_problem(op_name, size, levels):
+    """A linear operator of ``op_name`` on (2, 1, *size) images, its measurement of random images, a
+    Gaussian pixel prior, a ``levels``-level schedule and the initial state (and the generator)."""
+    kwargs = {"super_resolution": {"factor": 4}, "gaussian_blur": {"kernel_size": 9, "sigma": 2.0},
+              "inpainting": {"mask_type": "random", "image_size": size}}[op_name]
+    op = make(op_name, **kwargs)
+    g = torch.Generator().manual_seed(0)
+    y = op(torch.rand(2, 1, *size, generator=g) * 2 - 1)
+    prior = GaussianPrior(torch.zeros(1, 1, *size))
+    sigmas = karras(levels)
+    x = sigmas[0] * torch.randn(2, 1, *size, generator=g)
+    return op, prior, sigmas, x, y, g
+
+
 @pytest.mark.parametrize("size", [(16, 16), (37, 31)])
 @pytest.mark.parametrize("op_name", ["super_resolution", "gaussian_blur", "inpainting"])
 def test_daps_closed_form_data_gradient_matches_autograd(op_name, size):
@@ -298,15 +312,7 @@ def test_daps_closed_form_data_gradient_matches_autograd(op_name, size):
     # chain autograd gives (odd sizes, where A^T cannot tell the image size, fall back to autograd)
     from samplers.solvers.daps import DAPS
 
-    kwargs = {"super_resolution": {"factor": 4}, "gaussian_blur": {"kernel_size": 9, "sigma": 2.0},
-              "inpainting": {"mask_type": "random", "image_size": size}}[op_name]
-    op = make(op_name, **kwargs)
-    g = torch.Generator().manual_seed(0)
-    x_true = torch.rand(2, 1, *size, generator=g) * 2 - 1
-    y = op(x_true)
-    prior = GaussianPrior(torch.zeros(1, 1, *size))
-    sigmas = karras(4)
-    x = sigmas[0] * torch.randn(2, 1, *size, generator=g)
+    op, prior, sigmas, x, y, g = _linear_pixel_problem(op_name, size, levels=4)
     opts = {"langevin_steps": 5, "ode_steps": 2, "lr": 1e-3, "tau": 0.5, "measurement": y, "seed": 1}
     closed = get_solver("daps")(prior, x, sigmas, operator=op, **opts)
     auto = get_solver("daps")(prior, x, sigmas, operator=_NotMarkedLinear(op), **opts)
@@ -323,15 +329,7 @@ def test_resample_closed_form_consistency_matches_autograd(op_name, size):
     # must follow the same path as with autograd, with and without an EquiReg penalty on a pixel model
     from samplers.equireg import EquiReg
 
-    kwargs = {"super_resolution": {"factor": 4}, "gaussian_blur": {"kernel_size": 9, "sigma": 2.0},
-              "inpainting": {"mask_type": "random", "image_size": size}}[op_name]
-    op = make(op_name, **kwargs)
-    g = torch.Generator().manual_seed(0)
-    x_true = torch.rand(2, 1, *size, generator=g) * 2 - 1
-    y = op(x_true)
-    prior = GaussianPrior(torch.zeros(1, 1, *size))
-    sigmas = karras(6)
-    x = sigmas[0] * torch.randn(2, 1, *size, generator=g)
+    op, prior, sigmas, x, y, _ = _linear_pixel_problem(op_name, size, levels=6)
     conv = torch.nn.Conv2d(1, 2, 3, padding=1)
     for reg in (None, EquiReg(conv, group="hflip", alpha=0.5)):
         opts = {**FAST["resample"], "measurement": y, "seed": 1, "equireg": reg}

@@ -218,6 +218,15 @@ class SolverContext:
         r = self.operator(img.float()) - y
         return r.reshape(r.shape[0], -1)
 
+    def normal_residual(self, img: Tensor) -> tuple[Tensor, Tensor]:
+        """(r, A^T r) with r = A(img) - y in A's output shape, without autograd: for a linear A,
+        grad ||A img - y||^2 = 2 A^T r in closed form. A^T r may not have img's shape when A^T cannot
+        tell the image size (odd sizes); callers check."""
+        op = self.operator
+        r = op(img)
+        r = r - self.measurement.reshape(r.shape)
+        return r, op.adjoint(r)
+
     def residual_norm(self, img: Tensor) -> Tensor:
         """Per-sample unsquared residual norm ||y_i - A(img_i)|| (B,), DPS's data term."""
         return self.residual(img).norm(dim=1)

@@ -48,10 +48,7 @@ class DAPS(Strategy):
 
     def data_gradient(self, v: Tensor) -> Tensor | None:
         """grad_v ||A v - y||^2 / tau^2 in closed form (float32), or None if A^T v does not fit v."""
-        op = self.ctx.operator
-        r = op(v)
-        r = r - self.ctx.measurement.reshape(r.shape)
-        grad = op.adjoint(r)
+        _, grad = self.ctx.normal_residual(v)
         if grad.shape != v.shape:  # e.g. an odd-size image whose measurement size is ambiguous
             self.analytic = False
             return None

@@ -142,21 +142,20 @@ class ReSample(Strategy):
         active); None when A is not linear or A^T does not return x's shape (an odd size whose
         measurement size is ambiguous). The consistency loops run up to thousands of iterations per
         step, where an autograd graph per iteration costs more than the arithmetic."""
-        ctx, op = self.ctx, self.ctx.operator
-        if not getattr(op, "linear", False):
+        ctx = self.ctx
+        if not getattr(ctx.operator, "linear", False):
             return None
         with torch.no_grad():
-            probe = op(like.float())
-            if op.adjoint(probe).shape != like.shape:
-                return None
-        y = ctx.measurement.reshape(probe.shape)
+            probe, probe_grad = ctx.normal_residual(like.float())
+        if probe_grad.shape != like.shape:
+            return None
         m = probe[0].numel()
         with_penalty = penalised and ctx.equireg is not None and ctx.equireg.is_active(step, ctx.total_steps)
 
         def value_and_grad(v: Tensor) -> tuple[Tensor, Tensor]:
-            r = op(v) - y
+            r, at_r = ctx.normal_residual(v)
             mse = r.reshape(r.shape[0], -1).pow(2).mean(dim=1)
-            grad = op.adjoint(r) * (2.0 / m)
+            grad = at_r * (2.0 / m)
             if with_penalty:
                 with grad_enabled():
                     leaf = v.detach().clone().requires_grad_(True)
