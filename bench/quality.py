@@ -166,6 +166,51 @@ def _parts_note(meta: dict[str, Any]) -> str:
     return f" summed over {parts} processes run side by side" if parts > 1 else ""
 
 
+def _paired_psnr_gain(runs: list[dict[str, Any]], task: str, solver: str, variant: str,
+                      steps: int) -> tuple[float, float] | None:
+    """Mean and 95% half-width of the per-image PSNR of ``variant`` minus that of ``none``."""
+    pick = {r["variant"]: r for r in runs if (r["task"], r["solver"], r["steps"]) == (task, solver, steps)}
+    if variant not in pick or "none" not in pick:
+        return None
+    return mean_ci95([a - b for a, b in zip(pick[variant]["values"]["psnr"], pick["none"]["values"]["psnr"],
+                                             strict=True)])
+
+
+def _steps_section(runs: list[dict[str, Any]], tasks: list[str], variants: list[str]) -> list[str]:
+    """With several step counts: the paired PSNR change of each EquiReg variant against steps, next to
+    the baseline's PSNR (the paper's claim is that EquiReg helps most with few steps)."""
+    steps = sorted({r["steps"] for r in runs})
+    if len(steps) < 2 or not variants:
+        return []
+    lines = ["", "## EquiReg minus none against steps: paired PSNR difference (dB)", "",
+             "Baseline rows give the mean PSNR without EquiReg; EquiReg rows the per-image paired "
+             "difference to it (mean ± 95% half-width). A difference whose interval excludes 0 is marked *.",
+             "", "| task | solver | EquiReg | " + " | ".join(f"{s} steps" for s in steps) + " |",
+             "|---|---|---|" + "---|" * len(steps)]
+    for task in tasks:
+        for solver in dict.fromkeys(r["solver"] for r in runs if r["task"] == task):
+            base = []
+            for s in steps:
+                match = [r for r in runs if (r["task"], r["solver"], r["variant"], r["steps"]) ==
+                         (task, solver, "none", s)]
+                base.append(f"{mean_ci95(match[0]['values']['psnr'])[0]:.2f}" if match else "–")
+            if all(c == "–" for c in base):
+                continue
+            lines.append(f"| {task} | {solver} | none (PSNR) | " + " | ".join(base) + " |")
+            for variant in variants:
+                cells = []
+                for s in steps:
+                    gain = _paired_psnr_gain(runs, task, solver, variant, s)
+                    if gain is None:
+                        cells.append("–")
+                    else:
+                        m, h = gain
+                        cells.append(f"{m:+.3f} ± {h:.3f}" + (" *" if abs(m) > h else ""))
+                if any(c != "–" for c in cells):
+                    lines.append(f"| {task} | {solver} | {variant} − none | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     """The Markdown report: settings, a PSNR summary at the largest step count, and full tables."""
     runs = results["runs"]
@@ -202,17 +247,11 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
             for variant in variants:
                 cells = []
                 for task in tasks:
-                    pick = {r["variant"]: r for r in runs if (r["task"], r["solver"], r["steps"]) ==
-                            (task, solver, steps_max)}
-                    if variant in pick and "none" in pick:
-                        diff = [a - b for a, b in zip(pick[variant]["values"]["psnr"],
-                                                      pick["none"]["values"]["psnr"], strict=True)]
-                        m, h = mean_ci95(diff)
-                        cells.append(f"{m:+.3f} ± {h:.3f}")
-                    else:
-                        cells.append("–")
+                    gain = _paired_psnr_gain(runs, task, solver, variant, steps_max)
+                    cells.append("–" if gain is None else f"{gain[0]:+.3f} ± {gain[1]:.3f}")
                 if any(c != "–" for c in cells):
                     lines.append(f"| {solver} | {variant} | " + " | ".join(cells) + " |")
+    lines += _steps_section(runs, tasks, variants)
     for task in tasks:
         lines += ["", f"## {task}: {TASKS[task].description}", "",
                   "| solver | EquiReg | steps | PSNR | SSIM | ST-LPIPS | residual | seconds |",
@@ -342,7 +381,7 @@ def combine(parts: Sequence[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
             "solvers": list(dict.fromkeys(t for m in metas for t in m["solvers"])),
             "variants": list(dict.fromkeys(t for m in metas for t in m["variants"])),
             "wall_s": sum(m["wall_s"] for m in metas),
-            "parts": len(metas)}
+            "parts": sum(m.get("parts", 1) for m in metas)}  # a part may itself be combined
     return {"runs": runs, "samples": samples}, meta
 
 

@@ -115,6 +115,16 @@ def test_run_quality_end_to_end(tmp_path):
     assert "| dps | pixel | equi |" in md and "## sr4" in md
     data = json.loads((tmp_path / "bench_quality.json").read_text())
     assert len(data["runs"]) == 8
+    # two step counts: the against-steps section pairs each image with its own baseline run
+    assert "## EquiReg minus none against steps" in md
+    pick = {(r["solver"], r["variant"], r["steps"]): r["values"]["psnr"] for r in res["runs"]}
+    row = next(line for line in md.splitlines() if line.startswith("| sr4 | psld | equi − none |"))
+    for n_steps, cell in zip([2, 3], row.strip("|").split("|")[3:], strict=True):
+        with_reg, without = pick["psld", "equi", n_steps], pick["psld", "none", n_steps]
+        mean, half = tasks.mean_ci95([a - b for a, b in zip(with_reg, without, strict=True)])
+        assert cell.strip().startswith(f"{mean:+.3f} ± {half:.3f}")
+    base = next(line for line in md.splitlines() if line.startswith("| sr4 | dps | none (PSNR) |"))
+    assert base.split("|")[4].strip() == f"{tasks.mean_ci95(pick['dps', 'none', 2])[0]:.2f}"
 
 
 def test_cli_rejects_unknown_names(capsys):
@@ -180,6 +190,9 @@ def test_combine_merges_parts_and_rejects_mismatches(tmp_path):
     assert "summed over 2 processes" in md and "## box_inpaint" in md and "## sr4" in md
     assert "paired PSNR difference" in md and "| dps | equi |" in md
     assert all(p.stat().st_size > 0 for p in paths)
+    # re-combining a combined folder (to re-render it) keeps the process count and wall time
+    _, again = quality.combine([tmp_path / "all"])
+    assert again["parts"] == 2 and again["wall_s"] == 2.0
     # the same part twice: a duplicated run
     with pytest.raises(ValueError, match="more than one part"):
         quality.combine([tmp_path / "sr4", tmp_path / "sr4"])
