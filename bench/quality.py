@@ -215,7 +215,10 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     """The Markdown report: settings, a PSNR summary at the largest step count, and full tables."""
     runs = results["runs"]
     tasks = list(dict.fromkeys(r["task"] for r in runs))
-    steps_max = max(r["steps"] for r in runs)
+    # the summary tables use the largest step count that every task ran (parts may differ in steps)
+    per_task = [{r["steps"] for r in runs if r["task"] == task} for task in tasks]
+    common = set.intersection(*per_task)
+    steps_max = max(common) if common else max(r["steps"] for r in runs)
     methods = list(dict.fromkeys((r["solver"], r["prior"], r["variant"]) for r in runs))
     lines = ["# Reconstruction quality (Fashion-MNIST, 32x32)", "",
              f"Command: `{meta['command']}`; {meta['images']} held-out test images, seed {meta['seed']}, "
@@ -341,8 +344,9 @@ def write_outputs(results: dict[str, Any], meta: dict[str, Any], out: Path) -> l
 def combine(parts: Sequence[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Merge the outputs of runs split over processes or machines (each an ``--out`` folder).
 
-    The parts must agree on images, seed, alpha, steps, device and the ST-LPIPS setting, and no
-    (task, solver, variant, steps) may appear twice. Returns (results, meta) for :func:`write_outputs`.
+    The parts must agree on images, seed, alpha, device and the ST-LPIPS setting, and no
+    (task, solver, variant, steps) may appear twice; their step counts may differ. Returns
+    (results, meta) for :func:`write_outputs`.
     """
     from safetensors.torch import load_file
 
@@ -363,7 +367,8 @@ def combine(parts: Sequence[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
         for key, img in load_file(str(st)).items():
             task, col = key.split("|", 1)
             samples.setdefault(task, {})[col] = img.float()
-    for field in ("images", "seed", "alpha", "steps", "device", "lpips_note"):
+    # step counts may differ between parts (e.g. a longer run for some tasks): no run may repeat
+    for field in ("images", "seed", "alpha", "device", "lpips_note"):
         values = {json.dumps(m.get(field)) for m in metas}
         if len(values) > 1:
             raise ValueError(f"--combine: the parts differ in {field!r} ({', '.join(sorted(values))}); "
@@ -380,6 +385,7 @@ def combine(parts: Sequence[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
             "tasks": list(dict.fromkeys(t for m in metas for t in m["tasks"])),
             "solvers": list(dict.fromkeys(t for m in metas for t in m["solvers"])),
             "variants": list(dict.fromkeys(t for m in metas for t in m["variants"])),
+            "steps": sorted({n for m in metas for n in m["steps"]}),
             "wall_s": sum(m["wall_s"] for m in metas),
             "parts": sum(m.get("parts", 1) for m in metas)}  # a part may itself be combined
     return {"runs": runs, "samples": samples}, meta

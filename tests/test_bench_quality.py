@@ -193,6 +193,15 @@ def test_combine_merges_parts_and_rejects_mismatches(tmp_path):
     # re-combining a combined folder (to re-render it) keeps the process count and wall time
     _, again = quality.combine([tmp_path / "all"])
     assert again["parts"] == 2 and again["wall_s"] == 2.0
+    # parts may differ in steps (a longer run for one task): steps are the union, and the summary
+    # tables use the largest step count every task ran
+    res = quality.run_quality(models, images, ["sr4"], ["dps"], ["none", "equi"], [3], alpha=0.1)
+    quality.write_outputs(res, {**meta, "steps": [3], "tasks": ["sr4"]}, tmp_path / "sr4_3")
+    results, merged = quality.combine([tmp_path / "all", tmp_path / "sr4_3"])
+    assert merged["steps"] == [2, 3] and len(results["runs"]) == 6
+    md = quality.markdown(results, merged)
+    assert "## PSNR (dB) at 2 steps" in md and "paired PSNR difference (dB) at 2 steps" in md
+    assert "| sr4 | dps | none (PSNR) |" in md and "| box_inpaint | dps | equi − none |" in md
     # the same part twice: a duplicated run
     with pytest.raises(ValueError, match="more than one part"):
         quality.combine([tmp_path / "sr4", tmp_path / "sr4"])
