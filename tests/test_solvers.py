@@ -329,8 +329,11 @@ def test_resample_closed_form_consistency_matches_autograd(op_name, size):
     # must follow the same path as with autograd, with and without an EquiReg penalty on a pixel model
     from samplers.equireg import EquiReg
 
-    op, prior, sigmas, x, y, _ = _linear_pixel_problem(op_name, size, levels=6)
+    op, prior, sigmas, x, y, g = _linear_pixel_problem(op_name, size, levels=6)
     conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+    with torch.no_grad():  # seeded weights: the test must not depend on the global RNG's state
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) / 3)
+        conv.bias.copy_(torch.randn(conv.bias.shape, generator=g) / 3)
     for reg in (None, EquiReg(conv, group="hflip", alpha=0.5)):
         opts = {**FAST["resample"], "measurement": y, "seed": 1, "equireg": reg}
         closed = get_solver("resample")(prior, x, sigmas, operator=op, **opts)
