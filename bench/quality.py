@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 import types
@@ -144,11 +145,19 @@ def run_quality(models: Models, images: torch.Tensor, tasks: Sequence[str], solv
                     runs.append({"task": task, "solver": solver, "prior": prior.name, "variant": variant,
                                  "steps": n_steps, "seconds": seconds, "values": vals})
                     if n_steps == max(steps):
-                        samples[task][f"{solver} {variant}"] = rec[:4].detach().cpu()
+                        samples[task][sample_column(solver, variant, n_steps)] = rec[:4].detach().cpu()
                     if log is not None:
                         summary = ", ".join(f"{k} {mean_ci95(v)[0]:.3f}" for k, v in vals.items())
                         log(f"{task} {solver}/{variant} {n_steps} steps: {summary} ({seconds:.1f} s)")
     return {"runs": runs, "samples": samples}
+
+
+def sample_column(solver: str, variant: str, steps: int) -> str:
+    """The image grid's column name (also the key in the samples file) of one run."""
+    return f"{solver} {variant}, {steps} steps"
+
+
+_COLUMN = re.compile(r"^(?P<method>.+), (?P<steps>\d+) steps$")
 
 
 def _cell(values: list[float] | None, digits: int) -> str:
@@ -228,6 +237,9 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
              "Cells: mean ± half-width of the 95% t-interval over images. "
              "PSNR/SSIM: higher is better; ST-LPIPS: lower is better; residual = RMS(A x̂ − y), "
              f"≈ {SIGMA_Y} when x̂ explains y.", ""]
+    if meta.get("selection"):
+        lines += [f"Only the runs selected by `--combine … {meta['selection']}` are shown; the wall time "
+                  "is that of the whole parts.", ""]
     if meta.get("lpips_note"):
         lines += [f"ST-LPIPS: {meta['lpips_note']}", ""]
     lines += [f"## PSNR (dB) at {steps_max} steps", "",
@@ -315,7 +327,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
             if img is not None:
                 ax.imshow(img[i, 0].numpy(), cmap="gray", vmin=-1, vmax=1)
             if (task, i) == rows[0]:
-                ax.set_title(col, fontsize=6)
+                ax.set_title(col.replace(", ", "\n"), fontsize=6)
             if col == columns[0]:
                 ax.set_ylabel(task, fontsize=6)
     fig.tight_layout()
@@ -341,19 +353,25 @@ def write_outputs(results: dict[str, Any], meta: dict[str, Any], out: Path) -> l
     return [md, js, samples, *plot(results, out)]
 
 
-def combine(parts: Sequence[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
+def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
+            solvers: Sequence[str] | None = None, variants: Sequence[str] | None = None,
+            steps: Sequence[int] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Merge the outputs of runs split over processes or machines (each an ``--out`` folder).
 
     The parts must agree on images, seed, alpha, device and the ST-LPIPS setting, and no
-    (task, solver, variant, steps) may appear twice; their step counts may differ. Returns
-    (results, meta) for :func:`write_outputs`.
+    (task, solver, variant, steps) may appear twice; their step counts may differ. ``tasks``,
+    ``solvers``, ``variants`` and ``steps`` keep only those runs (None keeps all); naming one that no
+    part ran is an error. The image grid keeps, per task and solver/variant, the sample of the
+    largest kept step count. Returns (results, meta) for :func:`write_outputs`.
     """
     from safetensors.torch import load_file
 
     if not parts:
         raise ValueError("--combine needs at least one folder")
     runs: list[dict[str, Any]] = []
-    samples: dict[str, dict[str, torch.Tensor]] = {}
+    # (task, "solver variant") -> {steps: images}; ground truth per task
+    found: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
+    truth: dict[str, torch.Tensor] = {}
     metas: list[dict[str, Any]] = []
     for part in parts:
         js, st = Path(part) / "bench_quality.json", Path(part) / SAMPLES_FILE
@@ -366,7 +384,13 @@ def combine(parts: Sequence[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
         runs += data["runs"]
         for key, img in load_file(str(st)).items():
             task, col = key.split("|", 1)
-            samples.setdefault(task, {})[col] = img.float()
+            if col == "ground truth":
+                truth[task] = img.float()
+                continue
+            match = _COLUMN.match(col)
+            # parts written before the column named its step count hold their largest one
+            method, n = (match["method"], int(match["steps"])) if match else (col, max(data["meta"]["steps"]))
+            found.setdefault((task, method), {})[n] = img.float()
     # step counts may differ between parts (e.g. a longer run for some tasks): no run may repeat
     for field in ("images", "seed", "alpha", "device", "lpips_note"):
         values = {json.dumps(m.get(field)) for m in metas}
@@ -379,15 +403,41 @@ def combine(parts: Sequence[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
         if key in seen:
             raise ValueError(f"--combine: {key} appears in more than one part")
         seen.add(key)
+    selection = {"tasks": tasks, "solvers": solvers, "variants": variants, "steps": steps}
+    field_of = {"tasks": "task", "solvers": "solver", "variants": "variant", "steps": "steps"}
+    for option, wanted in selection.items():
+        if wanted is None:
+            continue
+        present = {r[field_of[option]] for r in runs}
+        missing = [w for w in wanted if w not in present]
+        if missing:
+            raise ValueError(f"--combine: --{option} {' '.join(map(str, missing))} was not run by any part "
+                             f"(the parts have {', '.join(map(str, sorted(present)))})")
+        runs = [r for r in runs if r[field_of[option]] in wanted]
+    kept = {(r["task"], f"{r['solver']} {r['variant']}", r["steps"]) for r in runs}
+    samples: dict[str, dict[str, torch.Tensor]] = {}
+    for task in dict.fromkeys(r["task"] for r in runs):
+        samples[task] = {"ground truth": truth[task]} if task in truth else {}
+    for (task, method), by_steps in found.items():
+        usable = [n for n in by_steps if (task, method, n) in kept]
+        if usable:
+            n = max(usable)
+            solver, variant = method.split(" ", 1)
+            samples[task][sample_column(solver, variant, n)] = by_steps[n]
     first = metas[0]
     meta = {**first,
             "command": " + ".join(f"`{m['command']}`" for m in metas).strip("`"),
-            "tasks": list(dict.fromkeys(t for m in metas for t in m["tasks"])),
-            "solvers": list(dict.fromkeys(t for m in metas for t in m["solvers"])),
-            "variants": list(dict.fromkeys(t for m in metas for t in m["variants"])),
-            "steps": sorted({n for m in metas for n in m["steps"]}),
+            "tasks": list(dict.fromkeys(r["task"] for r in runs)),
+            "solvers": list(dict.fromkeys(r["solver"] for r in runs)),
+            "variants": list(dict.fromkeys(r["variant"] for r in runs)),
+            "steps": sorted({r["steps"] for r in runs}),
             "wall_s": sum(m["wall_s"] for m in metas),
             "parts": sum(m.get("parts", 1) for m in metas)}  # a part may itself be combined
+    chosen = [f"--{k} {' '.join(map(str, v))}" for k, v in selection.items() if v is not None]
+    earlier = [m["selection"] for m in metas if m.get("selection")]
+    meta.pop("selection", None)
+    if chosen or earlier:
+        meta["selection"] = " ".join(earlier + chosen)
     return {"runs": runs, "samples": samples}, meta
 
 
@@ -400,24 +450,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=None, help=f"default: all of {list(VARIANTS)}")
     parser.add_argument("--steps", nargs="+", type=int, default=None, help="default: 25 50 100 250")
     parser.add_argument("--images", type=int, default=None, help="number of test images (default 64)")
-    parser.add_argument("--alpha", type=float, default=0.01, help="EquiReg weight (fixed, not tuned)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="EquiReg weight (fixed, not tuned; default 0.01)")
+    parser.add_argument("--seed", type=int, default=None, help="default 0")
     parser.add_argument("--no-lpips", action="store_true", help="skip the ST-LPIPS column")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
     add_malloc_option(parser)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default=None, help="default cpu")
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--combine", nargs="+", type=Path, default=None, metavar="DIR",
-                        help="write one report from the --out folders of runs split over processes "
-                             "(the run options are then ignored)")
+                        help="write one report from the --out folders of runs split over processes; "
+                             "--tasks/--solvers/--variants/--steps then select runs, the other run "
+                             "options are refused (the parts' settings apply)")
     args = parser.parse_args(argv)
 
     def log(msg: str) -> None:
         print(f"# {msg}", file=sys.stderr, flush=True)
 
+    # names and step counts are checked in both modes (with --combine they select runs)
+    try:
+        for name, valid in (("tasks", list(TASKS)), ("solvers", SOLVER_NAMES), ("variants", VARIANTS)):
+            if getattr(args, name) is not None:
+                check_names(getattr(args, name), valid, name)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.steps is not None and (any(n < 1 for n in args.steps) or len(set(args.steps)) != len(args.steps)):
+        parser.error(f"--steps must be distinct ints >= 1, got {args.steps}")
+    quick = QUICK if args.quick else {}
+
     if args.combine:
+        given = [f"--{name.replace('_', '-')}" for name in ("quick", "images", "alpha", "seed", "no_lpips",
+                                                             "threads", "device", "default_malloc")
+                 if getattr(args, name) is not None and getattr(args, name) is not False]
+        if given:
+            parser.error(f"{', '.join(given)} cannot be used with --combine: the parts' own settings apply "
+                         "(--tasks, --solvers, --variants and --steps select runs)")
         try:
-            results, meta = combine(args.combine)
+            results, meta = combine(args.combine, args.tasks, args.solvers, args.variants, args.steps)
         except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -425,17 +494,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"wrote {path}")
         return 0
 
-    quick = QUICK if args.quick else {}
-    tasks = check_names(args.tasks or quick.get("tasks") or list(TASKS), list(TASKS), "tasks")
-    solvers = check_names(args.solvers or quick.get("solvers") or list(SOLVER_NAMES), SOLVER_NAMES, "solvers")
-    variants = check_names(args.variants or quick.get("variants") or list(VARIANTS), VARIANTS, "variants")
+    tasks = args.tasks or quick.get("tasks") or list(TASKS)
+    solvers = args.solvers or quick.get("solvers") or list(SOLVER_NAMES)
+    variants = args.variants or quick.get("variants") or list(VARIANTS)
     steps = args.steps or quick.get("steps") or [25, 50, 100, 250]
-    if any(s < 1 for s in steps) or len(set(steps)) != len(steps):
-        parser.error(f"--steps must be distinct ints >= 1, got {steps}")
     n_images = args.images or quick.get("images") or 64
-    if args.threads < 1:
+    threads = 1 if args.threads is None else args.threads
+    if threads < 1:
         parser.error("--threads must be >= 1")
-    torch.set_num_threads(args.threads)
+    args.alpha = 0.01 if args.alpha is None else args.alpha
+    args.seed = 0 if args.seed is None else args.seed
+    args.device = args.device or "cpu"
+    torch.set_num_threads(threads)
     apply_malloc_option(args)
 
     t0 = time.perf_counter()
@@ -464,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run_quality(models, images, tasks, solvers, variants, steps, args.alpha, args.seed, lpips, log)
     meta = {"command": "python -m bench.quality " + " ".join(sys.argv[1:] if argv is None else argv),
             "images": n_images, "seed": args.seed, "alpha": args.alpha, "tasks": tasks, "solvers": solvers,
-            "variants": variants, "steps": steps, "device": str(args.device), "threads": args.threads,
+            "variants": variants, "steps": steps, "device": str(args.device), "threads": threads,
             "lpips_note": lpips_note, "wall_s": time.perf_counter() - t0}
     for path in write_outputs(results, meta, args.out):
         log(f"wrote {path}")

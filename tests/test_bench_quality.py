@@ -128,8 +128,13 @@ def test_run_quality_end_to_end(tmp_path):
 
 
 def test_cli_rejects_unknown_names(capsys):
-    with pytest.raises(ValueError, match="valid solvers"):
-        quality.main(["--solvers", "ddrm"])
+    for argv in (["--solvers", "ddrm"], ["--combine", "part", "--solvers", "ddrm"]):
+        with pytest.raises(SystemExit) as exc:
+            quality.main(argv)
+        assert exc.value.code == 2 and "valid solvers: dps, psld" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        quality.main(["--steps", "25", "25"])
+    assert "--steps must be distinct" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (PIXEL_PRIOR_FILE.is_file() and LATENT_PRIOR_FILE.is_file()),
@@ -184,7 +189,7 @@ def test_combine_merges_parts_and_rejects_mismatches(tmp_path):
     assert len(results["runs"]) == 4 and merged["tasks"] == ["sr4", "box_inpaint"]
     assert merged["wall_s"] == 2.0 and merged["parts"] == 2
     assert set(results["samples"]) == {"sr4", "box_inpaint"}
-    assert set(results["samples"]["sr4"]) == {"ground truth", "dps none", "dps equi"}
+    assert set(results["samples"]["sr4"]) == {"ground truth", "dps none, 2 steps", "dps equi, 2 steps"}
     paths = quality.write_outputs(results, merged, tmp_path / "all")
     md = (tmp_path / "all" / "bench_quality.md").read_text()
     assert "summed over 2 processes" in md and "## box_inpaint" in md and "## sr4" in md
@@ -213,6 +218,55 @@ def test_combine_merges_parts_and_rejects_mismatches(tmp_path):
     with pytest.raises(ValueError, match="differ in 'alpha'"):
         quality.combine([tmp_path / "sr4", tmp_path / "box_inpaint"])
     assert quality.main(["--combine", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_combine_selects_runs_and_keeps_the_grid_at_their_steps(tmp_path, capsys):
+    models = tiny_models()
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    meta = {"command": "part", "images": 2, "seed": 0, "alpha": 0.1, "wall_s": 1.0, "device": "cpu",
+            "threads": 1, "lpips_note": "skipped", "solvers": ["dps"], "variants": ["none", "equi"]}
+    res = quality.run_quality(models, images, ["sr4"], ["dps"], ["none", "equi"], [2, 3], alpha=0.1)
+    # the grid holds each process's largest step count, named with it
+    assert set(res["samples"]["sr4"]) == {"ground truth", "dps none, 3 steps", "dps equi, 3 steps"}
+    quality.write_outputs(res, {**meta, "steps": [2, 3], "tasks": ["sr4"]}, tmp_path / "a")
+    longer = quality.run_quality(models, images, ["sr4"], ["dps"], ["none", "equi"], [4], alpha=0.1)
+    quality.write_outputs(longer, {**meta, "steps": [4], "tasks": ["sr4"]}, tmp_path / "b")
+    # whatever the order of the parts, the grid shows the largest step count
+    for order in (["a", "b"], ["b", "a"]):
+        results, merged = quality.combine([tmp_path / p for p in order])
+        assert set(results["samples"]["sr4"]) == {"ground truth", "dps none, 4 steps", "dps equi, 4 steps"}
+        assert torch.equal(results["samples"]["sr4"]["dps equi, 4 steps"],
+                           longer["samples"]["sr4"]["dps equi, 4 steps"].half().float())
+        assert merged["steps"] == [2, 3, 4] and "selection" not in merged
+    # selecting steps keeps only those runs, and the grid only samples of kept runs
+    results, merged = quality.combine([tmp_path / "a", tmp_path / "b"], steps=[2, 3], variants=["equi"])
+    assert {(r["variant"], r["steps"]) for r in results["runs"]} == {("equi", 2), ("equi", 3)}
+    assert set(results["samples"]["sr4"]) == {"ground truth", "dps equi, 3 steps"}
+    assert merged["steps"] == [2, 3] and merged["variants"] == ["equi"] and merged["parts"] == 2
+    assert merged["selection"] == "--variants equi --steps 2 3"
+    md = quality.markdown(results, merged)
+    assert "--combine … --variants equi --steps 2 3" in md and "## PSNR (dB) at 3 steps" in md
+    # a part written before the grid's columns named their step count holds its largest one
+    from safetensors.torch import load_file, save_file
+
+    st = tmp_path / "b" / quality.SAMPLES_FILE
+    save_file({k.replace(", 4 steps", ""): v for k, v in load_file(str(st)).items()}, str(st))
+    results, _ = quality.combine([tmp_path / "a", tmp_path / "b"], steps=[4])
+    assert set(results["samples"]["sr4"]) == {"ground truth", "dps none, 4 steps", "dps equi, 4 steps"}
+    # selecting what no part ran is an error, not an empty report
+    with pytest.raises(ValueError, match="--steps 5 was not run by any part"):
+        quality.combine([tmp_path / "a"], steps=[5])
+    with pytest.raises(ValueError, match="--tasks box_inpaint was not run"):
+        quality.combine([tmp_path / "a"], tasks=["box_inpaint"])
+    # the CLI: selection options pass through; run options are refused, not ignored
+    out = tmp_path / "sel"
+    assert quality.main(["--combine", str(tmp_path / "a"), "--steps", "2", "--out", str(out)]) == 0
+    assert {r["steps"] for r in json.loads((out / "bench_quality.json").read_text())["runs"]} == {2}
+    for extra in (["--images", "4"], ["--alpha", "0.5"], ["--seed", "0"], ["--threads", "1"], ["--quick"],
+                  ["--no-lpips"], ["--device", "cpu"], ["--default-malloc"]):
+        with pytest.raises(SystemExit):
+            quality.main(["--combine", str(tmp_path / "a"), *extra, "--out", str(out)])
+        assert f"{extra[0]} cannot be used with --combine" in capsys.readouterr().err
 
 
 def test_every_solver_runs_on_every_task(monkeypatch):
