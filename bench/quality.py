@@ -418,11 +418,12 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
     samples: dict[str, dict[str, torch.Tensor]] = {}
     for task in dict.fromkeys(r["task"] for r in runs):
         samples[task] = {"ground truth": truth[task]} if task in truth else {}
-    for (task, method), by_steps in found.items():
-        usable = [n for n in by_steps if (task, method, n) in kept]
+    # columns in the runs' order (the samples file stores its keys sorted)
+    for task, solver, variant in dict.fromkeys((r["task"], r["solver"], r["variant"]) for r in runs):
+        by_steps = found.get((task, f"{solver} {variant}"), {})
+        usable = [n for n in by_steps if (task, f"{solver} {variant}", n) in kept]
         if usable:
             n = max(usable)
-            solver, variant = method.split(" ", 1)
             samples[task][sample_column(solver, variant, n)] = by_steps[n]
     first = metas[0]
     meta = {**first,
