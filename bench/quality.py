@@ -414,6 +414,13 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
             raise ValueError(f"--combine: --{option} {' '.join(map(str, missing))} was not run by any part "
                              f"(the parts have {', '.join(map(str, sorted(present)))})")
         runs = [r for r in runs if r[field_of[option]] in wanted]
+    # one canonical row order whatever the order of the parts: tasks, solvers, variants as listed in
+    # bench.tasks (names from elsewhere last), then steps
+    def rank(names: Sequence[str], name: str) -> int:
+        return list(names).index(name) if name in names else len(names)
+
+    runs.sort(key=lambda r: (rank(list(TASKS), r["task"]), rank(SOLVER_NAMES, r["solver"]),
+                             rank(VARIANTS, r["variant"]), r["steps"]))
     kept = {(r["task"], f"{r['solver']} {r['variant']}", r["steps"]) for r in runs}
     samples: dict[str, dict[str, torch.Tensor]] = {}
     for task in dict.fromkeys(r["task"] for r in runs):

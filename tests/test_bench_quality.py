@@ -187,6 +187,11 @@ def test_combine_merges_parts_and_rejects_mismatches(tmp_path):
         quality.write_outputs(res, {**meta, "tasks": [task]}, tmp_path / task)
     results, merged = quality.combine([tmp_path / "sr4", tmp_path / "box_inpaint"])
     assert len(results["runs"]) == 4 and merged["tasks"] == ["sr4", "box_inpaint"]
+    # rows come in bench.tasks' order (tasks, then solvers, variants, steps), not the parts' order
+    results, merged = quality.combine([tmp_path / "box_inpaint", tmp_path / "sr4"])
+    assert [(r["task"], r["variant"]) for r in results["runs"]] == [
+        ("sr4", "none"), ("sr4", "equi"), ("box_inpaint", "none"), ("box_inpaint", "equi")]
+    assert merged["tasks"] == ["sr4", "box_inpaint"]
     assert merged["wall_s"] == 2.0 and merged["parts"] == 2
     assert set(results["samples"]) == {"sr4", "box_inpaint"}
     assert set(results["samples"]["sr4"]) == {"ground truth", "dps none, 2 steps", "dps equi, 2 steps"}
