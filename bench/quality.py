@@ -369,8 +369,8 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
     if not parts:
         raise ValueError("--combine needs at least one folder")
     runs: list[dict[str, Any]] = []
-    # (task, "solver variant") -> {steps: images}; ground truth per task
-    found: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
+    # (task, solver, variant) -> {steps: images}; ground truth per task
+    found: dict[tuple[str, str, str], dict[int, torch.Tensor]] = {}
     truth: dict[str, torch.Tensor] = {}
     metas: list[dict[str, Any]] = []
     for part in parts:
@@ -390,7 +390,8 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
             match = _COLUMN.match(col)
             # parts written before the column named its step count hold their largest one
             method, n = (match["method"], int(match["steps"])) if match else (col, max(data["meta"]["steps"]))
-            found.setdefault((task, method), {})[n] = img.float()
+            solver, variant = method.split(" ", 1)
+            found.setdefault((task, solver, variant), {})[n] = img.float()
     # step counts may differ between parts (e.g. a longer run for some tasks): no run may repeat
     for field in ("images", "seed", "alpha", "device", "lpips_note"):
         values = {json.dumps(m.get(field)) for m in metas}
@@ -421,14 +422,15 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
 
     runs.sort(key=lambda r: (rank(list(TASKS), r["task"]), rank(SOLVER_NAMES, r["solver"]),
                              rank(VARIANTS, r["variant"]), r["steps"]))
-    kept = {(r["task"], f"{r['solver']} {r['variant']}", r["steps"]) for r in runs}
+    kept = {(r["task"], r["solver"], r["variant"], r["steps"]) for r in runs}
     samples: dict[str, dict[str, torch.Tensor]] = {}
     for task in dict.fromkeys(r["task"] for r in runs):
         samples[task] = {"ground truth": truth[task]} if task in truth else {}
     # columns in the runs' order (the samples file stores its keys sorted)
-    for task, solver, variant in dict.fromkeys((r["task"], r["solver"], r["variant"]) for r in runs):
-        by_steps = found.get((task, f"{solver} {variant}"), {})
-        usable = [n for n in by_steps if (task, f"{solver} {variant}", n) in kept]
+    for method in dict.fromkeys((r["task"], r["solver"], r["variant"]) for r in runs):
+        task, solver, variant = method
+        by_steps = found.get(method, {})
+        usable = [n for n in by_steps if (*method, n) in kept]
         if usable:
             n = max(usable)
             samples[task][sample_column(solver, variant, n)] = by_steps[n]
