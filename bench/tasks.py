@@ -69,13 +69,19 @@ def scaled_odd_kernel(size: int, scale: float = SCALE) -> int:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One inverse problem: operator name and parameters, and DPS's reference step size for it."""
+    """One inverse problem: operator name and parameters, and the reference step sizes for it.
+
+    ``dps_step_size`` is DPS's zeta from its task configs; ``daps_lr`` is DAPS's initial Langevin step
+    size from its pixel task configs (1e-4 SR/Gaussian deblur/random inpainting, 5e-5 motion deblur,
+    box inpainting and phase retrieval).
+    """
 
     name: str
     operator: str
     params: dict[str, Any] = field(default_factory=dict)
     dps_step_size: float = 1.0
     description: str = ""
+    daps_lr: float = 1e-4
 
     def build(self) -> Operator:
         return make(self.operator, **self.params)
@@ -89,15 +95,15 @@ TASKS: dict[str, TaskSpec] = {
                  f"Gaussian deblur ({scaled_odd_kernel(61)}x{scaled_odd_kernel(61)}, std {3.0 * SCALE})"),
         TaskSpec("motion_deblur", "motion_blur",
                  {"kernel_size": scaled_odd_kernel(61), "intensity": 0.5, "seed": 0}, 0.3,
-                 f"motion deblur ({scaled_odd_kernel(61)}x{scaled_odd_kernel(61)}, intensity 0.5)"),
+                 f"motion deblur ({scaled_odd_kernel(61)}x{scaled_odd_kernel(61)}, intensity 0.5)", 5e-5),
         TaskSpec("box_inpaint", "inpainting",
                  {"mask_type": "box", "box_size": (16, 16), "position": (8, 8),
-                  "image_size": (IMAGE_SIZE, IMAGE_SIZE)}, 0.5, "box inpainting (centred 16x16)"),
+                  "image_size": (IMAGE_SIZE, IMAGE_SIZE)}, 0.5, "box inpainting (centred 16x16)", 5e-5),
         TaskSpec("random_inpaint", "inpainting",
                  {"mask_type": "random", "fraction": 0.7, "seed": 0,
                   "image_size": (IMAGE_SIZE, IMAGE_SIZE)}, 0.5, "random inpainting (70%)"),
         TaskSpec("phase_retrieval", "phase_retrieval", {"oversample": 2.0}, 1.0,
-                 "phase retrieval (oversample 2.0)"),
+                 "phase retrieval (oversample 2.0)", 5e-5),
     )
 }
 
@@ -130,12 +136,17 @@ def check_names(values: list[str] | tuple[str, ...], valid: tuple[str, ...] | li
 
 
 def solver_options_for(solver: str, task: str) -> dict[str, Any]:
-    """Per-task solver options: DPS's reference step size per task; PSLD without its gluing term
-    (gamma 0) for phase retrieval, whose operator has no pseudo-inverse to glue with; every other case
-    the solver's defaults (PSLD's box-inpainting weights gamma 1e-2, omega 0.1 are not used: tuned for
-    1000 steps, at 25 steps they leave the measurement unfitted, residual 0.28 against 0.09)."""
+    """Per-task solver options: DPS's reference step size and DAPS's reference Langevin step size per
+    task; PSLD without its gluing term (gamma 0) for phase retrieval, whose operator has no
+    pseudo-inverse to glue with; every other case the solver's defaults (PSLD's box-inpainting weights
+    gamma 1e-2, omega 0.1 are not used: tuned for 1000 steps, at 25 steps they leave the measurement
+    unfitted, residual 0.28 against 0.09)."""
     if solver == "dps":
         return {"step_size": get_task(task).dps_step_size}
+    if solver == "daps":
+        # DAPS's Langevin data step multiplies A^T A's top mode by 1 - 2 lr lambda / tau^2: with the
+        # default 1e-4 it is -1.24 for motion blur (lambda 1.119), and the chain blows up
+        return {"lr": get_task(task).daps_lr}
     if solver == "psld" and task == "phase_retrieval":
         return {"gamma": 0.0}
     return {}
