@@ -11,8 +11,11 @@ Per annealing level sigma_t (``sampler.py``, ``cores/mcmc.py``, prior solver "ga
    ``score -= grad alpha * P(x)``;
 3. ``x_{t-1} = noise_scaling(sigma_{t-1}, fresh noise, x0)``.
 Defaults: 100 Langevin steps, lr 1e-4, tau 0.01, lr_min_ratio 0.01, 5 ODE steps (the reference's
-pixel configs use lr 1e-4 for random inpainting, 5e-5 for box inpainting and phase retrieval, 2e-5
-for HDR). The reference anneals over 200 EDM levels from 100 to 0.1: pass such a schedule to match.
+pixel configs use lr 1e-4 for SR, Gaussian deblurring and random inpainting, 5e-5 for motion
+deblurring, box inpainting and phase retrieval, 2e-5 for HDR). The data step multiplies the top
+eigenmode of A^T A (eigenvalue lambda) by 1 - 2 lr lambda / tau^2, so lr above tau^2 / lambda can
+make the chain diverge (the solver then stops with an error naming lr and tau). The reference
+anneals over 200 EDM levels from 100 to 0.1: pass such a schedule to match.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ class DAPS(Strategy):
                "sigma_min": 0.01}
     option_docs = {
         "langevin_steps": "Langevin iterations per annealing level (reference 100)",
-        "lr": "initial Langevin step size (reference 1e-4; 5e-5 box inpainting/phase retrieval, 2e-5 HDR)",
+        "lr": ("initial Langevin step size (reference 1e-4; 5e-5 motion deblurring, box inpainting, phase "
+               "retrieval; 2e-5 HDR); above tau^2 / ||A||^2 the chain can diverge"),
         "tau": "data-term scale: the score uses -grad ||A x - y||^2 / tau^2 (reference 0.01)",
         "lr_min_ratio": "final step size as a fraction of lr (reference 0.01)",
         "ode_steps": "Euler steps of the probability-flow ODE giving x0_hat (reference 5)",
