@@ -137,13 +137,15 @@ def run_quality(models: Models, images: torch.Tensor, tasks: Sequence[str], solv
                 prior = models.priors[SOLVER_PRIOR[solver]]
                 for variant in variants:
                     equireg = make_equireg(variant, prior, models, alpha, seed=seed)
+                    options = solver_options_for(solver, task)
                     t0 = time.perf_counter()
-                    rec = run_solver_on(solver, prior, op, y, n_steps, equireg, seed,
-                                        solver_options_for(solver, task))
+                    rec = run_solver_on(solver, prior, op, y, n_steps, equireg, seed, options)
                     seconds = time.perf_counter() - t0
                     vals = image_metrics(rec, images, op, y, lpips)
                     runs.append({"task": task, "solver": solver, "prior": prior.name, "variant": variant,
-                                 "steps": n_steps, "seconds": seconds, "values": vals})
+                                 "steps": n_steps, "seconds": seconds, "values": vals,
+                                 # the options that differ from the solver's defaults, for provenance
+                                 "solver_options": dict(options)})
                     if n_steps == max(steps):
                         samples[task][sample_column(solver, variant, n_steps)] = rec[:4].detach().cpu()
                     if log is not None:

@@ -115,6 +115,9 @@ def test_run_quality_end_to_end(tmp_path):
     assert "| dps | pixel | equi |" in md and "## sr4" in md
     data = json.loads((tmp_path / "bench_quality.json").read_text())
     assert len(data["runs"]) == 8
+    # each run records the per-task options it was given (DPS's reference step size for SR x4)
+    assert {json.dumps(r["solver_options"]) for r in data["runs"] if r["solver"] == "dps"} == {
+        json.dumps({"step_size": tasks.TASKS["sr4"].dps_step_size})}
     # two step counts: the against-steps section pairs each image with its own baseline run
     assert "## EquiReg minus none against steps" in md
     pick = {(r["solver"], r["variant"], r["steps"]): r["values"]["psnr"] for r in res["runs"]}
