@@ -144,7 +144,7 @@ def run_quality(models: Models, images: torch.Tensor, tasks: Sequence[str], solv
                     vals = image_metrics(rec, images, op, y, lpips)
                     runs.append({"task": task, "solver": solver, "prior": prior.name, "variant": variant,
                                  "steps": n_steps, "seconds": seconds, "values": vals,
-                                 # the options that differ from the solver's defaults, for provenance
+                                 # the per-task options passed to the solver (bench.tasks), for provenance
                                  "solver_options": dict(options)})
                     if n_steps == max(steps):
                         samples[task][sample_column(solver, variant, n_steps)] = rec[:4].detach().cpu()
