@@ -19,6 +19,11 @@ held-out images, or random images if the test set is absent):
 - **EquiReg**: step time with Equi / base step time, and the **EquiReg excess** =
   (t_equireg - t_base - (necessary_equireg + f - necessary_base)) / t_base: what EquiReg costs beyond
   its own f evaluations (and any change in network calls), target <= 5%;
+- ``--variants trivial`` (a diagnostic row, not a method): the Equi penalty with f(z) = z * 1 in
+  place of the MPE function. f then costs almost nothing and the difference is exactly zero (so is
+  its gradient: the samples are those of the base run), so this row's EquiReg excess is the fixed
+  cost of EquiReg's own machinery (group action, difference, norm, their backward and the autograd
+  call each time the penalty is evaluated), the floor below which no f can bring the excess;
 - runs and replays are interleaved (run, replay, f replay, for each variant in turn, ``--repeats``
   times) and every figure is the fastest of its repeats (interference only slows a measurement
   down), so a noisy machine does not show up as solver overhead;
@@ -56,6 +61,7 @@ from bench.tasks import (
     IMAGE_SIZE,
     PRIORS,
     SOLVER_NAMES,
+    VARIANTS,
     Models,
     Prior,
     add_malloc_option,
@@ -67,6 +73,7 @@ from bench.tasks import (
     make_equireg,
     measure,
 )
+from samplers.equireg import EquiReg
 
 OVERHEAD_TARGET = 0.10
 EQUIREG_TARGET = 0.05
@@ -78,6 +85,24 @@ QUICK = {"batch": 2, "steps": 3, "repeats": 1, "solvers": ["dps", "psld"]}
 SPEED_OPTIONS: dict[str, dict[str, Any]] = {
     "resample": {"pixel_iters": 200, "latent_iters": 50, "interval": 5},
 }
+#: The variants this benchmark times: bench.quality's, plus the ``trivial`` diagnostic (docstring).
+SPEED_VARIANTS: tuple[str, ...] = (*VARIANTS, "trivial")
+
+
+class TrivialMPE(torch.nn.Module):
+    """f(z) = z * 1: an MPE function that costs almost nothing yet keeps autograd running through f,
+    exactly equivariant, so the Equi difference and its gradient are exactly zero."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z * 1.0
+
+
+def speed_equireg(variant: str, prior: Prior, models: Models, alpha: float) -> EquiReg | None:
+    """The EquiReg a ``variant`` row times: bench.quality's for none/equi/equicon, and the Equi
+    penalty of :class:`TrivialMPE` for ``trivial``."""
+    if variant == "trivial":
+        return EquiReg(TrivialMPE(), group="hflip", form="equi", alpha=alpha, seed=0)
+    return make_equireg(variant, prior, models, alpha, seed=0)
 
 
 def _detached(value: Any) -> Any:
@@ -295,7 +320,7 @@ def _instrumented(models: Models, prior_name: str, solver: str, variant: str, y:
         counters["decoder"] = Counted(prior.decode)
     if prior.encode is not None:
         counters["encoder"] = Counted(prior.encode)
-    reg = make_equireg(variant, prior, models, alpha, seed=0)
+    reg = speed_equireg(variant, prior, models, alpha)
     if reg is not None:
         counters["f"] = Counted(reg.f)
         reg.f = counters["f"]
@@ -422,7 +447,7 @@ def measure_units(models: Models, priors: Sequence[str], variants: Sequence[str]
             img = torch.rand(batch, 1, IMAGE_SIZE, IMAGE_SIZE, device=device) * 2 - 1
             units[f"{name}/encoder"] = unit_costs(prior.encode, img, repeats)
         for variant in variants:
-            reg = make_equireg(variant, prior, models, alpha)
+            reg = speed_equireg(variant, prior, models, alpha)
             if reg is not None:
                 units[f"{name}/f/{variant}"] = unit_costs(reg.f, x, repeats)
     return units
@@ -481,7 +506,8 @@ def main(argv: Sequence[str] | None = None, results: dict[str, Any] | None = Non
     parser.add_argument("--solvers", nargs="+", default=None, help=f"default: all of {list(SOLVER_NAMES)}")
     parser.add_argument("--priors", nargs="+", default=list(PRIORS))
     parser.add_argument("--variants", nargs="+", default=["none", "equi"],
-                        help="EquiReg variants to time (default: none equi)")
+                        help=f"EquiReg variants to time, of {list(SPEED_VARIANTS)} (default: none equi; "
+                             "'trivial' times the Equi penalty with f(z) = z: EquiReg's fixed cost)")
     parser.add_argument("--batch", type=int, default=None, help="default 8")
     parser.add_argument("--steps", type=int, default=None, help="default 10")
     parser.add_argument("--repeats", type=int, default=None, help="default 3")
@@ -496,7 +522,7 @@ def main(argv: Sequence[str] | None = None, results: dict[str, Any] | None = Non
     quick = QUICK if args.quick else {}
     solvers = check_names(args.solvers or quick.get("solvers") or list(SOLVER_NAMES), SOLVER_NAMES, "solvers")
     priors = check_names(args.priors, PRIORS, "priors")
-    variants = check_names(args.variants, ("none", "equi", "equicon"), "variants")
+    variants = check_names(args.variants, SPEED_VARIANTS, "variants")
     if "none" not in variants:
         parser.error("--variants must include 'none' (the base every EquiReg figure is relative to)")
     batch = args.batch or quick.get("batch") or 8

@@ -92,6 +92,42 @@ def test_bench_solver_counts_follow_the_solver_definitions():
         assert math.isfinite(r["overhead"]) and r["overhead"] > -1
 
 
+@pytest.mark.parametrize("solver", ["dps", "daps"])
+def test_trivial_variant_times_the_equi_penalty_without_changing_the_samples(solver):
+    # The diagnostic row's f costs ~nothing and its difference is exactly zero: the penalty runs
+    # (f is called, through autograd) but the samples are bit-identical to the base run's.
+    models = tiny_models()
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    op = tasks.get_task("sr4").build()
+    y = tasks.measure(op, x, 1)
+    prior = models.priors["pixel"]
+    reg = speed.speed_equireg("trivial", prior, models, 0.1)
+    assert isinstance(reg.f, speed.TrivialMPE) and reg.form == "equi" and reg.alpha == 0.1
+    opts = {"langevin_steps": 3} if solver == "daps" else {}
+    base = tasks.run_solver_on(solver, prior, op, y, 3, None, seed=0, options=opts)
+    calls = speed.Counted(reg.f)
+    reg.f = calls
+    trivial = tasks.run_solver_on(solver, prior, op, y, 3, reg, seed=0, options=opts)
+    assert calls.grad > 0 and calls.nograd == 0
+    assert torch.equal(base, trivial)
+    # the other variants are bench.quality's
+    assert speed.speed_equireg("none", prior, models, 0.1) is None
+    assert speed.speed_equireg("equi", prior, models, 0.1).f is models.mpe
+    with pytest.raises(ValueError, match="valid variants"):
+        speed.main(["--quick", "--variants", "none", "identity"])
+
+
+def test_cli_times_the_trivial_variant(tmp_path):
+    results: dict = {}
+    rc = speed.main(["--quick", "--steps", "2", "--solvers", "dps", "--priors", "pixel", "--variants",
+                     "none", "equi", "trivial", "--no-memory"], results)
+    assert rc == 0
+    rows = {r["variant"]: r for r in results["rows"]}
+    assert set(rows) == {"none", "equi", "trivial"}
+    assert rows["trivial"]["calls"]["f"][0] > 0 and math.isfinite(rows["trivial"]["equireg_excess"])
+    assert "pixel/f/trivial" in results["units"]
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="CPU peak memory uses fork and /proc")
 def test_peak_memory_sees_a_large_allocation():
     n_bytes = 64 * 2**20
