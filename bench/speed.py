@@ -27,6 +27,10 @@ held-out images, or random images if the test set is absent):
 - runs and replays are interleaved (run, replay, f replay, for each variant in turn, ``--repeats``
   times) and every figure is the fastest of its repeats (interference only slows a measurement
   down), so a noisy machine does not show up as solver overhead;
+- variants whose denoiser/decoder/encoder calls are the same work (same count, grad mode and
+  argument shapes, in order; e.g. DAPS with and without EquiReg) share one necessary time, the
+  fastest of all their replays: replaying the same work twice and differencing the two timings
+  would only add the machine's noise to the EquiReg excess;
 - **outside networks + autograd**: one more run per row split in place (:func:`split_run`): the share
   of its time spent neither inside a network's forward call nor inside ``torch.autograd.grad``,
   i.e. the solver's own arithmetic and Python. Measured within one run, it does not depend on how
@@ -370,6 +374,24 @@ def split_run(run: Callable[[], None], counters: dict[str, Counted],
     return {"total_s": total, "forward_s": timer[0], "autograd_s": grad_time[0], "rest_s": rest}
 
 
+def _shape_signature(value: Any) -> Any:
+    """What a network call's cost depends on: tensor shapes and dtypes (not values), nested."""
+    if isinstance(value, torch.Tensor):
+        return (tuple(value.shape), str(value.dtype))
+    if isinstance(value, (tuple, list)):
+        return tuple(_shape_signature(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, _shape_signature(v)) for k, v in sorted(value.items()))
+    return type(value).__name__
+
+
+def network_work(counters: dict[str, Counted]) -> tuple:
+    """A key equal for two runs exactly when their recorded denoiser/decoder/encoder calls are the
+    same work: per network, every call's grad mode and argument shapes, in order."""
+    return tuple((k, tuple((g, _shape_signature(a), _shape_signature(kw)) for g, a, kw in c.calls))
+                 for k, c in counters.items() if k != "f")
+
+
 def _replay_each(pairs: Sequence[tuple[Callable[..., torch.Tensor], list]]) -> None:
     for fn, calls in pairs:
         replay(fn, calls)
@@ -384,10 +406,12 @@ def bench_solver(models: Models, prior_name: str, solver: str, variants: Sequenc
     *necessary* time) and the replay of its f calls. Each figure is the fastest of its repeats:
     interference from other processes only ever slows a measurement down, so the minimum is the
     least noisy estimate of the true cost (as ``timeit`` advises), and interleaving exposes run and
-    replay to the same conditions. ``times_s`` keeps every repeat.
+    replay to the same conditions. ``times_s`` keeps every repeat. Variants whose network calls are
+    the same work (:func:`network_work`) share the fastest of all their replays as necessary time.
     """
     device = y.device
     setups = {}
+    work: dict[str, tuple] = {}
     for variant in variants:
         run, counters = _instrumented(models, prior_name, solver, variant, y, op, steps, alpha)
         for c in counters.values():
@@ -404,6 +428,7 @@ def bench_solver(models: Models, prior_name: str, solver: str, variants: Sequenc
         replay_all()
         replay_f()  # warm-up
         setups[variant] = (run, replay_all, replay_f, counts, counters)
+        work[variant] = network_work(counters)
 
     times: dict[str, dict[str, list[float]]] = {v: {"run": [], "net": [], "f": []} for v in variants}
     for _ in range(repeats):
@@ -412,18 +437,24 @@ def bench_solver(models: Models, prior_name: str, solver: str, variants: Sequenc
             times[variant]["net"].append(_timed(replay_all, device))
             times[variant]["f"].append(_timed(replay_f, device) if "f" in _counts else 0.0)
 
+    # one necessary time per distinct network work: the fastest replay of every variant doing it
+    net_min = {variant: min(t for v in variants if work[v] == work[variant] for t in times[v]["net"])
+               for variant in variants}
     rows = []
     for variant, (run, _ra, _rf, counts, counters) in setups.items():
         t = {k: min(v) for k, v in times[variant].items()}
+        t["net"] = net_min[variant]
         row: dict[str, Any] = {
             "prior": prior_name, "solver": solver, "variant": variant, "steps": steps, "repeats": repeats,
             "step_s": t["run"] / steps, "necessary_step_s": t["net"] / steps, "f_step_s": t["f"] / steps,
             "calls": counts, "times_s": times[variant],
+            "necessary_shared_with": [v for v in variants if v != variant and work[v] == work[variant]],
             # EquiReg's f evaluations are necessary too
             "overhead": t["run"] / (t["net"] + t["f"]) - 1,
         }
         if variant != "none" and "none" in times:
             b = {k: min(v) for k, v in times["none"].items()}
+            b["net"] = net_min["none"]
             row["vs_base"] = t["run"] / b["run"]
             row["equireg_excess"] = (t["run"] - b["run"] - (t["net"] + t["f"] - b["net"])) / b["run"]
         row["split"] = split_run(run, counters, device)
@@ -470,7 +501,8 @@ def markdown(rows: list[dict[str, Any]], units: dict[str, tuple[float, float]], 
              f"{meta['inputs']}.",
              f"Notes: {'; '.join(meta['notes'])}. ReSample runs with "
              f"{SPEED_OPTIONS['resample']} (shorter hard-consistency loops than its defaults, entered "
-             "every 5 steps).", "",
+             "every 5 steps). Rows of one solver whose denoiser/decoder/encoder calls are the same work "
+             "(count, grad mode, shapes) share one necessary time, the fastest of their replays.", "",
              f"Targets: solver overhead (step time / replayed network time − 1) ≤ "
              f"{OVERHEAD_TARGET:.0%}; EquiReg excess (extra step time beyond its own f evaluations, "
              f"relative to the base step) ≤ {EQUIREG_TARGET:.0%}. Peak memory: {meta['memory_kind']}.", "",

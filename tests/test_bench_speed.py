@@ -83,6 +83,10 @@ def test_bench_solver_counts_follow_the_solver_definitions():
     assert equi["calls"]["f"][0] in (steps, 2 * steps)
     assert base["f_step_s"] == 0.0 and equi["f_step_s"] > 0
     assert "equireg_excess" in equi and "equireg_excess" not in base
+    # the same denoiser work with and without EquiReg: one necessary time, the fastest replay of both
+    assert base["necessary_shared_with"] == ["equi"] and equi["necessary_shared_with"] == ["none"]
+    fastest = min(base["times_s"]["net"] + equi["times_s"]["net"])
+    assert base["necessary_step_s"] == equi["necessary_step_s"] == fastest / steps
     assert equi["vs_base"] > 0
     # latent DPS also decodes once per step (with autograd); the encoder is never called
     (lat,) = speed.bench_solver(models, "latent", "dps", ["none"], y, op, steps, 1, 0.1, memory=False)
@@ -126,6 +130,27 @@ def test_cli_times_the_trivial_variant(tmp_path):
     assert set(rows) == {"none", "equi", "trivial"}
     assert rows["trivial"]["calls"]["f"][0] > 0 and math.isfinite(rows["trivial"]["equireg_excess"])
     assert "pixel/f/trivial" in results["units"]
+
+
+def test_network_work_compares_grad_mode_and_shapes_not_values():
+    def recorded(*calls):
+        c = speed.Counted(lambda t, s: t * s)
+        c.record = True
+        for shape, with_grad, sigma in calls:
+            t = torch.randn(shape, requires_grad=with_grad)
+            c(t, torch.tensor(sigma))
+        return {"model": c}
+
+    a = recorded(((2, 3), True, 1.0), ((2, 3), False, 0.5))
+    assert speed.network_work(a) == speed.network_work(recorded(((2, 3), True, 7.0), ((2, 3), False, 2.0)))
+    assert speed.network_work(a) != speed.network_work(recorded(((2, 3), False, 1.0), ((2, 3), False, 0.5)))
+    assert speed.network_work(a) != speed.network_work(recorded(((4, 3), True, 1.0), ((2, 3), False, 0.5)))
+    assert speed.network_work(a) != speed.network_work(recorded(((2, 3), True, 1.0)))
+    # f's calls are EquiReg's own cost, never part of the necessary network work
+    with_f = dict(a, f=speed.Counted(torch.nn.Identity()))
+    with_f["f"].record = True
+    with_f["f"](torch.randn(2, 3))
+    assert speed.network_work(with_f) == speed.network_work(a)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="CPU peak memory uses fork and /proc")
