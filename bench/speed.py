@@ -484,6 +484,134 @@ def measure_units(models: Models, priors: Sequence[str], variants: Sequence[str]
     return units
 
 
+def _langevin_iteration(op: Any, y: torch.Tensor, x0_hat: torch.Tensor, gen: torch.Generator,
+                        tau: float = 0.01, lr: float = 1e-4, r2: float = 1.0) -> Callable[[torch.Tensor],
+                                                                                     torch.Tensor]:
+    """The solver's own work in one pixel DAPS Langevin iteration (bench.quality's settings): the
+    closed-form data gradient 2 A^T (A v - y) / tau^2, the in-place update and the noise draw."""
+    keep, pull, scale = 1.0 - lr / r2, x0_hat * (lr / r2), (2 * lr) ** 0.5
+
+    def iteration(v: torch.Tensor) -> torch.Tensor:
+        r = op(v)
+        grad = op.adjoint(r - y.reshape(r.shape)) * (2.0 / tau**2)
+        noise = torch.randn(v.shape, generator=gen, dtype=v.dtype, device=v.device)
+        return (v * keep).add_(pull).add_(grad, alpha=-lr).add_(noise, alpha=scale)
+
+    return iteration
+
+
+def interference_probe(models: Models, images: torch.Tensor, y: torch.Tensor, op: Any,
+                       variants: Sequence[str] = ("equi", "trivial"), iterations: int = 100,
+                       rounds: int = 5, alpha: float = 0.01) -> list[dict[str, Any]]:
+    """Does evaluating f slow down the solver's own small ops between its evaluations?
+
+    The replay of f's calls alone (the f column of the solver table) cannot show it. Pixel DAPS's
+    Langevin loop is rebuilt from its two parts, the solver's own work (:func:`_langevin_iteration`)
+    and the penalty (forward + backward of the ``variant``'s Equi penalty w.r.t. a leaf copy, as
+    DAPS does), and each part is timed on its own within three loops of ``iterations`` iterations:
+    solver work alone, penalty alone, and the two alternating (the real loop). Per variant and
+    ``rounds`` interleaved times, the fastest of each. ``ops_slowdown_s`` (solver work between
+    penalties minus alone, per iteration) is what f's evaluations cost the rest of the loop; for
+    the ``trivial`` f (no activations to speak of) it shows the probe's noise floor.
+    """
+    if iterations < 1 or rounds < 1:
+        raise ValueError(f"interference_probe: iterations and rounds must be >= 1, got {iterations} and "
+                         f"{rounds}")
+    prior = models.priors["pixel"]
+    device = images.device
+    regs = {v: speed_equireg(v, prior, models, alpha) for v in variants}
+    if any(reg is None for reg in regs.values()):
+        raise ValueError(f"interference_probe: variants must have a penalty, got {list(variants)}")
+
+    # the f calls of one penalty evaluation (f(T_g v), f(v)), replayed as the solver table credits
+    # them: each call's forward + backward w.r.t. its own input
+    f_calls = {}
+    for v, reg in regs.items():
+        counted, f = Counted(reg.f), reg.f
+        counted.record, reg.f = True, counted
+        with torch.inference_mode(False), torch.enable_grad():
+            reg(images.detach().clone().requires_grad_(True), 0)
+        reg.f = f
+        reg.reseed(0)
+        f_calls[v] = counted.calls
+
+    def f_loop(v: str) -> tuple[float, float]:
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(iterations):
+            replay(regs[v].f, f_calls[v])
+        _sync(device)
+        return 0.0, (time.perf_counter() - t0) / iterations
+
+    def loop(reg: EquiReg | None, with_ops: bool) -> tuple[float, float]:
+        gen = torch.Generator(device=device).manual_seed(0)
+        iteration = _langevin_iteration(op, y, images, gen)
+        v, ops_s, pen_s = images.clone(), 0.0, 0.0
+        for _ in range(iterations):
+            if reg is not None:
+                _sync(device)
+                t0 = time.perf_counter()
+                with torch.inference_mode(False), torch.enable_grad():
+                    leaf = v.detach().clone().requires_grad_(True)
+                    torch.autograd.grad(reg(leaf, 0).sum(), leaf)
+                _sync(device)
+                pen_s += time.perf_counter() - t0
+            if with_ops:
+                t0 = time.perf_counter()
+                v = iteration(v)
+                _sync(device)
+                ops_s += time.perf_counter() - t0
+        return ops_s / iterations, pen_s / iterations
+
+    loops = {"ops_alone": functools.partial(loop, None, True),
+             **{f"{v}/both": functools.partial(loop, reg, True) for v, reg in regs.items()},
+             **{f"{v}/penalty_alone": functools.partial(loop, reg, False) for v, reg in regs.items()},
+             **{f"{v}/f_replay": functools.partial(f_loop, v) for v in regs}}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in loops}
+    for run in loops.values():
+        run()  # warm-up
+    for _ in range(rounds):
+        for key, run in loops.items():
+            times[key].append(run())
+    ops_alone = min(o for o, _ in times["ops_alone"])
+    rows = []
+    for v in variants:
+        ops_between = min(o for o, _ in times[f"{v}/both"])
+        rows.append({"variant": v, "iterations": iterations, "rounds": rounds,
+                     "ops_alone_s": ops_alone, "ops_between_s": ops_between,
+                     "ops_slowdown_s": ops_between - ops_alone,
+                     "penalty_alone_s": min(p for _, p in times[f"{v}/penalty_alone"]),
+                     "penalty_between_s": min(p for _, p in times[f"{v}/both"]),
+                     "f_replay_s": min(p for _, p in times[f"{v}/f_replay"]),
+                     "times_s": {k: times[k] for k in ("ops_alone", f"{v}/both", f"{v}/penalty_alone",
+                                                       f"{v}/f_replay")}})
+    for r in rows:
+        # what the loop costs beyond the solver work alone and f's replay: the EquiReg excess per
+        # iteration the solver table would see from this loop
+        r["excess_s"] = r["ops_between_s"] + r["penalty_between_s"] - r["ops_alone_s"] - r["f_replay_s"]
+    return rows
+
+
+def interference_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = ["# Pixel DAPS's Langevin loop: where the EquiReg excess goes", "",
+             f"Command: `{meta['command']}`; batch {meta['batch']}, {rows[0]['iterations']} iterations "
+             f"per loop, fastest of {rows[0]['rounds']} interleaved round(s), {meta['device']}, "
+             f"{meta['threads']} thread(s), {meta['inputs']}. Notes: {'; '.join(meta['notes'])}.", "",
+             "Per Langevin iteration (ms): the solver's own work (closed-form data gradient, update, "
+             "noise) alone and between penalty evaluations (slowdown: the difference); the penalty "
+             "(forward + backward) alone and between the solver's work; the replay of its two f calls "
+             "alone (what the solver table credits as f); excess: solver work + penalty in the loop − "
+             "solver work alone − f replay, i.e. the loop's EquiReg excess per iteration.", "",
+             "| f | solver work alone | solver work between penalties | slowdown | penalty alone | "
+             "penalty in the loop | f replay | excess |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {1e3 * r['ops_alone_s']:.3f} | {1e3 * r['ops_between_s']:.3f} | "
+                     f"{1e3 * r['ops_slowdown_s']:+.3f} | {1e3 * r['penalty_alone_s']:.3f} | "
+                     f"{1e3 * r['penalty_between_s']:.3f} | {1e3 * r['f_replay_s']:.3f} | "
+                     f"{1e3 * r['excess_s']:+.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _pct(v: float) -> str:
     return f"{100 * v:+.1f}%"
 
@@ -536,10 +664,18 @@ def main(argv: Sequence[str] | None = None, results: dict[str, Any] | None = Non
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK} (explicit options override)")
     parser.add_argument("--solvers", nargs="+", default=None, help=f"default: all of {list(SOLVER_NAMES)}")
-    parser.add_argument("--priors", nargs="+", default=list(PRIORS))
-    parser.add_argument("--variants", nargs="+", default=["none", "equi"],
+    parser.add_argument("--priors", nargs="+", default=None, help=f"default: {list(PRIORS)}")
+    parser.add_argument("--variants", nargs="+", default=None,
                         help=f"EquiReg variants to time, of {list(SPEED_VARIANTS)} (default: none equi; "
-                             "'trivial' times the Equi penalty with f(z) = z: EquiReg's fixed cost)")
+                             "'trivial' times the Equi penalty with f(z) = z: EquiReg's fixed cost; with "
+                             "--interference: the penalties to probe, default equi trivial)")
+    parser.add_argument("--interference", action="store_true",
+                        help="instead of the solver table, probe whether f's evaluations slow down the "
+                             "solver's own ops in pixel DAPS's Langevin loop (interference_probe; writes "
+                             "bench_speed_interference.md)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="Langevin iterations per probe loop (--interference only; default 100, "
+                             "DAPS's per step; 5 with --quick)")
     parser.add_argument("--batch", type=int, default=None, help="default 8")
     parser.add_argument("--steps", type=int, default=None, help="default 10")
     parser.add_argument("--repeats", type=int, default=None, help="default 3")
@@ -552,9 +688,19 @@ def main(argv: Sequence[str] | None = None, results: dict[str, Any] | None = Non
     args = parser.parse_args(argv)
 
     quick = QUICK if args.quick else {}
+    if args.interference:
+        clash = [name for name, value in (("--solvers", args.solvers), ("--priors", args.priors),
+                                          ("--steps", args.steps), ("--no-memory", args.no_memory))
+                 if value]
+        if clash:
+            parser.error(f"--interference probes the pixel DAPS loop only; {', '.join(clash)} do(es) not "
+                         "apply to it")
+        return _interference_main(args, quick, argv, results)
+    if args.iterations is not None:
+        parser.error("--iterations applies only with --interference")
     solvers = check_names(args.solvers or quick.get("solvers") or list(SOLVER_NAMES), SOLVER_NAMES, "solvers")
-    priors = check_names(args.priors, PRIORS, "priors")
-    variants = check_names(args.variants, SPEED_VARIANTS, "variants")
+    priors = check_names(args.priors or list(PRIORS), PRIORS, "priors")
+    variants = check_names(args.variants or ["none", "equi"], SPEED_VARIANTS, "variants")
     if "none" not in variants:
         parser.error("--variants must include 'none' (the base every EquiReg figure is relative to)")
     batch = args.batch or quick.get("batch") or 8
@@ -600,6 +746,40 @@ def main(argv: Sequence[str] | None = None, results: dict[str, Any] | None = Non
     print(f"# wall time {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if results is not None:
         results.update({"rows": rows, "units": units, "meta": meta})
+    return 0
+
+
+def _interference_main(args: argparse.Namespace, quick: dict[str, Any], argv: Sequence[str] | None,
+                       results: dict[str, Any] | None) -> int:
+    variants = check_names(args.variants or ["equi", "trivial"], SPEED_VARIANTS, "variants")
+    if "none" in variants:
+        raise ValueError("--interference probes penalties; 'none' has none (choose from equi, equicon, "
+                         "trivial)")
+    batch = args.batch or quick.get("batch") or 8
+    repeats = args.repeats or quick.get("repeats") or 5
+    iterations = args.iterations or (5 if args.quick else 100)
+    if min(batch, repeats, iterations, args.threads) < 1:
+        raise ValueError("--batch, --repeats, --iterations and --threads must be >= 1")
+    torch.set_num_threads(args.threads)
+    malloc_note = apply_malloc_option(args)
+    device = torch.device(args.device)
+    t0 = time.perf_counter()
+    models, notes = _random_models(device)
+    images, inputs = _images(batch, device)
+    op = get_task("sr4").build().to(device)
+    y = measure(op, images, seed=1)
+    rows = interference_probe(models, images, y, op, variants, iterations, repeats, args.alpha)
+    meta = {"command": "python -m bench.speed " + " ".join(sys.argv[1:] if argv is None else argv),
+            "batch": batch, "device": str(device), "threads": args.threads,
+            "inputs": inputs + ", sr4 measurement", "notes": [*(notes or ["trained weights"]), malloc_note]}
+    text = interference_markdown(rows, meta)
+    print(text)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_speed_interference.md").write_text(text)
+    print(f"# wall time {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if results is not None:
+        results.update({"interference": rows, "meta": meta})
     return 0
 
 

@@ -193,3 +193,54 @@ def test_keep_freed_cpu_memory_reports_what_it_did():
     else:
         assert "unchanged" in note
     assert tasks.keep_freed_cpu_memory("meta") == "malloc: unchanged (not a CPU run)"
+
+
+def test_langevin_iteration_is_daps_update_with_the_closed_form_data_gradient():
+    # The probe's solver work must be DAPS's: v*keep + pull - lr * grad ||Av - y||^2 / tau^2 + noise.
+    op = tasks.get_task("sr4").build()
+    x0 = torch.rand(2, 1, 32, 32) * 2 - 1
+    y = tasks.measure(op, x0, 1)
+    v = torch.rand(2, 1, 32, 32) * 2 - 1
+    tau, lr, r2 = 0.05, 1e-3, 2.0
+    out = speed._langevin_iteration(op, y, x0, torch.Generator().manual_seed(3), tau, lr, r2)(v.clone())
+    leaf = v.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad((op(leaf) - y).pow(2).sum() / tau**2, leaf)
+    noise = torch.randn(v.shape, generator=torch.Generator().manual_seed(3))
+    expected = v * (1 - lr / r2) + x0 * (lr / r2) - lr * grad + math.sqrt(2 * lr) * noise
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_interference_probe_times_every_part_and_sums_the_excess():
+    models = tiny_models()
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    op = tasks.get_task("sr4").build()
+    y = tasks.measure(op, images, 1)
+    rows = speed.interference_probe(models, images, y, op, ("equi", "trivial"), iterations=3, rounds=2)
+    assert [r["variant"] for r in rows] == ["equi", "trivial"]
+    for r in rows:
+        for key in ("ops_alone_s", "ops_between_s", "penalty_alone_s", "penalty_between_s", "f_replay_s"):
+            assert r[key] > 0, key
+        assert len(r["times_s"][f"{r['variant']}/both"]) == 2
+        assert r["ops_slowdown_s"] == pytest.approx(r["ops_between_s"] - r["ops_alone_s"])
+        assert r["excess_s"] == pytest.approx(r["ops_between_s"] + r["penalty_between_s"] - r["ops_alone_s"]
+                                              - r["f_replay_s"])
+    with pytest.raises(ValueError, match="must have a penalty"):
+        speed.interference_probe(models, images, y, op, ("none",), iterations=1, rounds=1)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        speed.interference_probe(models, images, y, op, ("equi",), iterations=0, rounds=1)
+
+
+def test_cli_interference_writes_its_table_and_rejects_options_that_do_not_apply(tmp_path):
+    results: dict = {}
+    assert speed.main(["--interference", "--quick", "--out", str(tmp_path)], results) == 0
+    assert [r["variant"] for r in results["interference"]] == ["equi", "trivial"]
+    assert results["interference"][0]["iterations"] == 5
+    text = (tmp_path / "bench_speed_interference.md").read_text()
+    assert "| equi |" in text and "| trivial |" in text and "f replay" in text
+    for extra in (["--solvers", "dps"], ["--steps", "3"], ["--no-memory"]):
+        with pytest.raises(SystemExit):
+            speed.main(["--interference", "--quick", *extra])
+    with pytest.raises(SystemExit):
+        speed.main(["--quick", "--iterations", "5"])
+    with pytest.raises(ValueError, match="'none' has none"):
+        speed.main(["--interference", "--quick", "--variants", "none", "equi"])
