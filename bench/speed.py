@@ -512,7 +512,10 @@ def interference_probe(models: Models, images: torch.Tensor, y: torch.Tensor, op
     solver work alone, penalty alone, and the two alternating (the real loop). Per variant and
     ``rounds`` interleaved times, the fastest of each. ``ops_slowdown_s`` (solver work between
     penalties minus alone, per iteration) is what f's evaluations cost the rest of the loop; for
-    the ``trivial`` f (no activations to speak of) it shows the probe's noise floor.
+    the ``trivial`` f (no activations to speak of) it shows the probe's noise floor. A fourth loop
+    replays the penalty's two f calls as the solver table credits f (``f_replay_s``), so that
+    ``excess_s`` = solver work + penalty in the loop - solver work alone - f replay is the loop's
+    EquiReg excess per iteration, which times the iterations per step predicts the table's.
     """
     if iterations < 1 or rounds < 1:
         raise ValueError(f"interference_probe: iterations and rounds must be >= 1, got {iterations} and "
