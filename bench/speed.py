@@ -588,7 +588,7 @@ def interference_probe(models: Models, images: torch.Tensor, y: torch.Tensor, op
                      "f_replay_s": min(p for _, p in times[f"{v}/f_replay"]),
                      "times_s": {k: times[k] for k in ("ops_alone", f"{v}/both", f"{v}/penalty_alone",
                                                        f"{v}/f_replay")}})
-    for r in rows:
+        r = rows[-1]
         # what the loop costs beyond the solver work alone and f's replay: the EquiReg excess per
         # iteration the solver table would see from this loop
         r["excess_s"] = r["ops_between_s"] + r["penalty_between_s"] - r["ops_alone_s"] - r["f_replay_s"]
@@ -661,6 +661,31 @@ def markdown(rows: list[dict[str, Any]], units: dict[str, tuple[float, float]], 
     return "\n".join(lines) + "\n"
 
 
+def _cli_inputs(args: argparse.Namespace, batch: int) -> tuple[torch.device, Models, torch.Tensor, Any,
+                                                             torch.Tensor, dict[str, Any]]:
+    """Threads, malloc, models, held-out images and their sr4 measurement for one CLI run; the
+    last item holds the meta fields every output shares."""
+    torch.set_num_threads(args.threads)
+    malloc_note = apply_malloc_option(args)
+    device = torch.device(args.device)
+    models, notes = _random_models(device)
+    images, inputs = _images(batch, device)
+    op = get_task("sr4").build().to(device)
+    y = measure(op, images, seed=1)
+    meta = {"batch": batch, "device": str(device), "threads": args.threads,
+            "inputs": inputs + ", sr4 measurement", "notes": [*(notes or ["trained weights"]), malloc_note]}
+    return device, models, images, op, y, meta
+
+
+def _emit(text: str, out: Path | None, name: str, t0: float) -> None:
+    """Print a report, write it to ``out/name`` if asked, and log the wall time since ``t0``."""
+    print(text)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    print(f"# wall time {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None, results: dict[str, Any] | None = None) -> int:
     """CLI entry point; ``results`` (a dict), if given, receives the rows and unit costs (for tests)."""
     parser = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n\n")[0])
@@ -711,15 +736,8 @@ def main(argv: Sequence[str] | None = None, results: dict[str, Any] | None = Non
     repeats = args.repeats or quick.get("repeats") or 3
     if min(batch, steps, repeats, args.threads) < 1:
         parser.error("--batch, --steps, --repeats and --threads must be >= 1")
-    torch.set_num_threads(args.threads)
-    malloc_note = apply_malloc_option(args)
-    device = torch.device(args.device)
-
     t0 = time.perf_counter()
-    models, notes = _random_models(device)
-    images, inputs = _images(batch, device)
-    op = get_task("sr4").build().to(device)
-    y = measure(op, images, seed=1)
+    device, models, images, op, y, common = _cli_inputs(args, batch)
     units = measure_units(models, priors, variants, batch, max(repeats, 3), args.alpha, device)
     rows = []
     for prior in priors:
@@ -735,18 +753,11 @@ def main(argv: Sequence[str] | None = None, results: dict[str, Any] | None = Non
                 print(f"# {prior}/{solver}/{row['variant']}: {1e3 * row['step_s']:.1f} ms/step, overhead "
                       f"{_pct(row['overhead'])}", file=sys.stderr, flush=True)
     meta = {"command": "python -m bench.speed " + " ".join(sys.argv[1:] if argv is None else argv),
-            "batch": batch, "steps": steps, "repeats": repeats, "device": str(device),
-            "threads": args.threads, "inputs": inputs + ", sr4 measurement",
-            "notes": [*(notes or ["trained weights"]), malloc_note],
+            **common, "steps": steps, "repeats": repeats,
             "memory_kind": ("skipped" if args.no_memory else
                             "torch.cuda.max_memory_allocated growth" if device.type == "cuda" else
                             "peak RSS growth of a forked child (getrusage ru_maxrss)")}
-    text = markdown(rows, units, meta)
-    print(text)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_speed.md").write_text(text)
-    print(f"# wall time {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    _emit(markdown(rows, units, meta), args.out, "bench_speed.md", t0)
     if results is not None:
         results.update({"rows": rows, "units": units, "meta": meta})
     return 0
@@ -763,24 +774,11 @@ def _interference_main(args: argparse.Namespace, quick: dict[str, Any], argv: Se
     iterations = args.iterations or (5 if args.quick else 100)
     if min(batch, repeats, iterations, args.threads) < 1:
         raise ValueError("--batch, --repeats, --iterations and --threads must be >= 1")
-    torch.set_num_threads(args.threads)
-    malloc_note = apply_malloc_option(args)
-    device = torch.device(args.device)
     t0 = time.perf_counter()
-    models, notes = _random_models(device)
-    images, inputs = _images(batch, device)
-    op = get_task("sr4").build().to(device)
-    y = measure(op, images, seed=1)
+    _device, models, images, op, y, common = _cli_inputs(args, batch)
     rows = interference_probe(models, images, y, op, variants, iterations, repeats, args.alpha)
-    meta = {"command": "python -m bench.speed " + " ".join(sys.argv[1:] if argv is None else argv),
-            "batch": batch, "device": str(device), "threads": args.threads,
-            "inputs": inputs + ", sr4 measurement", "notes": [*(notes or ["trained weights"]), malloc_note]}
-    text = interference_markdown(rows, meta)
-    print(text)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_speed_interference.md").write_text(text)
-    print(f"# wall time {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    meta = {"command": "python -m bench.speed " + " ".join(sys.argv[1:] if argv is None else argv), **common}
+    _emit(interference_markdown(rows, meta), args.out, "bench_speed_interference.md", t0)
     if results is not None:
         results.update({"interference": rows, "meta": meta})
     return 0
