@@ -14,7 +14,9 @@ and 95% t-interval of the mean over images.
 
 Outputs written to ``--out``: ``bench_quality.md`` (tables), ``bench_quality.json`` (per-image
 values), ``bench_quality_<task>.png`` (metric vs steps) and ``bench_quality_grid.png`` (first images,
-largest step count). Nothing here is tuned on the test images: the solver options are the
+largest step count) with the images behind it (``bench_quality_samples.safetensors``, what ``--combine``
+merges; ``--combine … --no-grid`` writes everything but the grid, for parts whose samples file is
+gone). Nothing here is tuned on the test images: the solver options are the
 references' defaults (DPS: the reference per-task step size), alpha is one fixed value.
 """
 
@@ -244,6 +246,8 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
                   "is that of the whole parts.", ""]
     if meta.get("lpips_note"):
         lines += [f"ST-LPIPS: {meta['lpips_note']}", ""]
+    if meta.get("grid_note"):
+        lines += [f"Image grid: {meta['grid_note']}", ""]
     lines += [f"## PSNR (dB) at {steps_max} steps", "",
               "| solver | prior | EquiReg | " + " | ".join(tasks) + " |",
               "|---|---|---|" + "---|" * len(tasks)]
@@ -282,7 +286,8 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], out: Path) -> list[Path]:
-    """Metric-vs-steps figures per task and the image grid (PNG); returns the written paths."""
+    """Metric-vs-steps figures per task and, unless ``results["samples"]`` is None (``--no-grid``), the
+    image grid (PNG); returns the written paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -317,6 +322,8 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
         written.append(path)
 
     samples = results["samples"]
+    if samples is None:
+        return written
     columns = list(dict.fromkeys(c for cols in samples.values() for c in cols))
     rows = [(task, i) for task in samples for i in range(samples[task]["ground truth"].shape[0])][: 4 * 6]
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(1.3 * len(columns), 1.3 * len(rows)),
@@ -346,10 +353,16 @@ def write_outputs(results: dict[str, Any], meta: dict[str, Any], out: Path) -> l
     md.write_text(markdown(results, meta))
     js = out / "bench_quality.json"
     js.write_text(json.dumps({"meta": meta, "runs": results["runs"]}, indent=1))
+    samples = out / SAMPLES_FILE
+    if results["samples"] is None:  # --combine --no-grid: no grid images to save
+        if samples.exists():
+            # an older samples file here no longer matches the runs; a later --combine would build a
+            # grid that silently lacks the new runs
+            samples.unlink()
+        return [md, js, *plot(results, out)]
     # the grid's images, so that runs split over several processes can be combined (--combine)
     from safetensors.torch import save_file
 
-    samples = out / SAMPLES_FILE
     save_file({f"{task}|{col}": img.to(torch.float16).contiguous()
                for task, cols in results["samples"].items() for col, img in cols.items()}, str(samples))
     return [md, js, samples, *plot(results, out)]
@@ -357,14 +370,18 @@ def write_outputs(results: dict[str, Any], meta: dict[str, Any], out: Path) -> l
 
 def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
             solvers: Sequence[str] | None = None, variants: Sequence[str] | None = None,
-            steps: Sequence[int] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+            steps: Sequence[int] | None = None, grid: bool = True
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Merge the outputs of runs split over processes or machines (each an ``--out`` folder).
 
     The parts must agree on images, seed, alpha, device and the ST-LPIPS setting, and no
     (task, solver, variant, steps) may appear twice; their step counts may differ. ``tasks``,
     ``solvers``, ``variants`` and ``steps`` keep only those runs (None keeps all); naming one that no
     part ran is an error. The image grid keeps, per task and solver/variant, the sample of the
-    largest kept step count. Returns (results, meta) for :func:`write_outputs`.
+    largest kept step count. ``grid=False`` (``--no-grid``) neither reads the parts' samples files
+    nor makes a grid (``results["samples"]`` is None), so parts whose samples file was lost still
+    combine; meta's ``grid_note`` says so in the report. Returns (results, meta) for
+    :func:`write_outputs`.
     """
     from safetensors.torch import load_file
 
@@ -377,13 +394,16 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
     metas: list[dict[str, Any]] = []
     for part in parts:
         js, st = Path(part) / "bench_quality.json", Path(part) / SAMPLES_FILE
-        for f in (js, st):
+        for f in (js, st) if grid else (js,):
             if not f.is_file():
-                raise FileNotFoundError(f"--combine: {f} not found (each folder must be the --out of a "
-                                        "bench.quality run)")
+                hint = (" (each folder must be the --out of a bench.quality run)" if f == js else
+                        " (the grid's images; --no-grid combines the tables and plots without them)")
+                raise FileNotFoundError(f"--combine: {f} not found{hint}")
         data = json.loads(js.read_text())
         metas.append(data["meta"])
         runs += data["runs"]
+        if not grid:
+            continue
         for key, img in load_file(str(st)).items():
             task, col = key.split("|", 1)
             if col == "ground truth":
@@ -425,11 +445,11 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
     runs.sort(key=lambda r: (rank(list(TASKS), r["task"]), rank(SOLVER_NAMES, r["solver"]),
                              rank(VARIANTS, r["variant"]), r["steps"]))
     kept = {(r["task"], r["solver"], r["variant"], r["steps"]) for r in runs}
-    samples: dict[str, dict[str, torch.Tensor]] = {}
-    for task in dict.fromkeys(r["task"] for r in runs):
+    samples: dict[str, dict[str, torch.Tensor]] | None = {} if grid else None
+    for task in dict.fromkeys(r["task"] for r in runs) if grid else ():
         samples[task] = {"ground truth": truth[task]} if task in truth else {}
     # columns in the runs' order (the samples file stores its keys sorted)
-    for method in dict.fromkeys((r["task"], r["solver"], r["variant"]) for r in runs):
+    for method in dict.fromkeys((r["task"], r["solver"], r["variant"]) for r in runs) if grid else ():
         task, solver, variant = method
         by_steps = found.get(method, {})
         usable = [n for n in by_steps if (*method, n) in kept]
@@ -448,6 +468,11 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
     chosen = [f"--{k} {' '.join(map(str, v))}" for k, v in selection.items() if v is not None]
     earlier = [m["selection"] for m in metas if m.get("selection")]
     meta.pop("selection", None)
+    meta.pop("grid_note", None)
+    if not grid:
+        meta["grid_note"] = ("not rewritten by this `--combine --no-grid` (a part's samples file was "
+                             "not kept); an earlier bench_quality_grid.png in this folder shows only the "
+                             "runs its column titles name.")
     if chosen or earlier:
         meta["selection"] = " ".join(earlier + chosen)
     return {"runs": runs, "samples": samples}, meta
@@ -474,6 +499,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="write one report from the --out folders of runs split over processes; "
                              "--tasks/--solvers/--variants/--steps then select runs, the other run "
                              "options are refused (the parts' settings apply)")
+    parser.add_argument("--no-grid", action="store_true",
+                        help="with --combine: write the tables and plots but not the image grid, so parts "
+                             "whose samples file is gone can be combined")
     args = parser.parse_args(argv)
 
     def log(msg: str) -> None:
@@ -490,6 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--steps must be distinct ints >= 1, got {args.steps}")
     quick = QUICK if args.quick else {}
 
+    if args.no_grid and not args.combine:
+        parser.error("--no-grid only applies to --combine (a run always writes its grid)")
     if args.combine:
         given = [f"--{name.replace('_', '-')}" for name in ("quick", "images", "alpha", "seed", "no_lpips",
                                                              "threads", "device", "default_malloc")
@@ -498,7 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{', '.join(given)} cannot be used with --combine: the parts' own settings apply "
                          "(--tasks, --solvers, --variants and --steps select runs)")
         try:
-            results, meta = combine(args.combine, args.tasks, args.solvers, args.variants, args.steps)
+            results, meta = combine(args.combine, args.tasks, args.solvers, args.variants, args.steps,
+                                    grid=not args.no_grid)
         except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -278,6 +278,47 @@ def test_combine_selects_runs_and_keeps_the_grid_at_their_steps(tmp_path, capsys
         assert f"{extra[0]} cannot be used with --combine" in capsys.readouterr().err
 
 
+
+def test_combine_without_the_grid_takes_parts_whose_samples_file_is_gone(tmp_path, capsys):
+    models = tiny_models()
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    meta = {"command": "part", "images": 2, "seed": 0, "alpha": 0.1, "wall_s": 1.0, "device": "cpu",
+            "threads": 1, "lpips_note": "skipped", "solvers": ["dps"], "variants": ["none"], "tasks": ["sr4"]}
+    for name, n in (("a", 2), ("b", 3)):
+        res = quality.run_quality(models, images, ["sr4"], ["dps"], ["none"], [n], alpha=0.1)
+        quality.write_outputs(res, {**meta, "steps": [n]}, tmp_path / name)
+    (tmp_path / "a" / quality.SAMPLES_FILE).unlink()  # e.g. an earlier session's scratch is gone
+    # by default the grid's images are required, and the error says how to go on
+    with pytest.raises(FileNotFoundError, match="--no-grid combines the tables"):
+        quality.combine([tmp_path / "a", tmp_path / "b"])
+    results, merged = quality.combine([tmp_path / "a", tmp_path / "b"], grid=False)
+    assert results["samples"] is None and {r["steps"] for r in results["runs"]} == {2, 3}
+    assert "--no-grid" in merged["grid_note"]
+    # the output folder already holds an older grid and samples file (re-combining in place)
+    out = tmp_path / "b"
+    old_grid = (out / "bench_quality_grid.png").read_bytes()
+    written = quality.write_outputs(results, merged, out)
+    assert {p.name for p in written} == {"bench_quality.md", "bench_quality.json", "bench_quality_sr4.png"}
+    assert (out / "bench_quality_grid.png").read_bytes() == old_grid  # not rewritten
+    # the older samples file no longer matches the runs: removed, so no later grid silently lacks them
+    assert not (out / quality.SAMPLES_FILE).exists()
+    md = (out / "bench_quality.md").read_text()
+    assert md.count("Image grid: not rewritten by this `--combine --no-grid`") == 1
+    assert "| dps | none | 2 |" in md and "| dps | none | 3 |" in md
+    # the note is set by each combine, not inherited: a re-combination says it once
+    _, again = quality.combine([out], grid=False)
+    assert quality.markdown(results, again).count("Image grid:") == 1
+    with pytest.raises(FileNotFoundError, match="samples"):
+        quality.combine([out])
+    # the CLI
+    assert quality.main(["--combine", str(tmp_path / "a"), "--no-grid", "--out", str(tmp_path / "c")]) == 0
+    assert not (tmp_path / "c" / "bench_quality_grid.png").exists()
+    assert quality.main(["--combine", str(tmp_path / "a"), "--out", str(tmp_path / "d")]) == 2
+    assert "--no-grid" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        quality.main(["--no-grid", "--quick", "--out", str(tmp_path / "e")])
+    assert "--no-grid only applies to --combine" in capsys.readouterr().err
+
 def _top_eigenvalue_of_normal_operator(op, shape, iters: int = 300) -> float:
     """lambda_max(A^T A) by power iteration (float64)."""
     v = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
