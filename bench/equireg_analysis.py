@@ -133,6 +133,8 @@ def run_analysis(
     clean: dict[str, list[float]] = {}
     for ti, task in enumerate(tasks):
         op = get_task(task).build()
+        # position-dependent noise seed (unlike bench.quality's measurement_seed): docs/equireg_analysis
+        # was made by one process with this seed, and its command must keep reproducing it
         y = measure(op, images, seed + 1000 * (ti + 1), SIGMA_Y)
         for solver in solvers:
             prior = models.priors[SOLVER_PRIOR[solver]]

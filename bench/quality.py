@@ -50,6 +50,7 @@ from bench.tasks import (
     make_equireg,
     mean_ci95,
     measure,
+    measurement_seed,
     residual_rms,
     run_solver_on,
     solver_options_for,
@@ -125,14 +126,16 @@ def run_quality(models: Models, images: torch.Tensor, tasks: Sequence[str], solv
                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every (task, solver, variant, steps); returns the per-image results and sample images.
 
-    ``images``: (N, 1, 32, 32) ground truth in [-1, 1]. The measurement seed of task i is
-    ``seed + 1000 * (i + 1)``; every run uses solver seed ``seed`` and the same x_T per prior.
+    ``images``: (N, 1, 32, 32) ground truth in [-1, 1]. Every task is measured with noise seed
+    :func:`bench.tasks.measurement_seed` (the same whatever else runs in the process); every run uses
+    solver seed ``seed`` and the same x_T per prior, so a run's numbers do not depend on how the
+    grid is split over processes.
     """
     runs: list[dict[str, Any]] = []
     samples: dict[str, dict[str, torch.Tensor]] = {}
-    for ti, task in enumerate(tasks):
+    for task in tasks:
         op = get_task(task).build()
-        y = measure(op, images, seed + 1000 * (ti + 1), SIGMA_Y)
+        y = measure(op, images, measurement_seed(seed), SIGMA_Y)
         samples[task] = {"ground truth": images[:4]}
         for n_steps in steps:
             for solver in solvers:

@@ -152,6 +152,17 @@ def solver_options_for(solver: str, task: str) -> dict[str, Any]:
     return {}
 
 
+def measurement_seed(seed: int) -> int:
+    """The noise seed of every task's measurement in a run with solver seed ``seed``.
+
+    The same for every task, so a task's measurement (and so its results) does not depend on which
+    other tasks share the process: a run split into one process per task gives the numbers of the
+    single full run. (It used to be ``seed + 1000 * (i + 1)`` for the i-th task of ``--tasks``; every
+    64-image part in docs/ was a one-task process, i.e. already used ``seed + 1000``.)
+    """
+    return int(seed) + 1000
+
+
 def measure(op: Operator, x: torch.Tensor, seed: int, sigma_y: float = SIGMA_Y) -> torch.Tensor:
     """y = A(x) + sigma_y * noise, with noise from a CPU generator seeded by ``seed``."""
     gen = torch.Generator().manual_seed(int(seed))

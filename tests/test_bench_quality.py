@@ -130,6 +130,22 @@ def test_run_quality_end_to_end(tmp_path):
     assert base.split("|")[4].strip() == f"{tasks.mean_ci95(pick['dps', 'none', 2])[0]:.2f}"
 
 
+
+def test_a_runs_numbers_do_not_depend_on_how_the_grid_is_split_over_processes():
+    # parts of the grid are run one task (or variant, or step count) per process and combined, and
+    # the README's single full command must give the same numbers
+    models = tiny_models()
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    full = quality.run_quality(models, images, ["sr4", "box_inpaint"], ["dps"], ["none", "equi"], [2, 3],
+                               alpha=0.1)
+    values = {(r["task"], r["variant"], r["steps"]): r["values"] for r in full["runs"]}
+    for part in (quality.run_quality(models, images, ["box_inpaint"], ["dps"], ["equi"], [3], alpha=0.1),
+                 quality.run_quality(models, images, ["box_inpaint", "sr4"], ["dps"], ["none"], [2],
+                                     alpha=0.1)):
+        for r in part["runs"]:
+            assert r["values"] == values[r["task"], r["variant"], r["steps"]], (r["task"], r["variant"])
+    assert tasks.measurement_seed(0) == 1000  # the seed every one-task part in docs/ used
+
 def test_cli_rejects_unknown_names(capsys):
     for argv in (["--solvers", "ddrm"], ["--combine", "part", "--solvers", "ddrm"]):
         with pytest.raises(SystemExit) as exc:
