@@ -448,17 +448,18 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
     runs.sort(key=lambda r: (rank(list(TASKS), r["task"]), rank(SOLVER_NAMES, r["solver"]),
                              rank(VARIANTS, r["variant"]), r["steps"]))
     kept = {(r["task"], r["solver"], r["variant"], r["steps"]) for r in runs}
-    samples: dict[str, dict[str, torch.Tensor]] | None = {} if grid else None
-    for task in dict.fromkeys(r["task"] for r in runs) if grid else ():
-        samples[task] = {"ground truth": truth[task]} if task in truth else {}
-    # columns in the runs' order (the samples file stores its keys sorted)
-    for method in dict.fromkeys((r["task"], r["solver"], r["variant"]) for r in runs) if grid else ():
-        task, solver, variant = method
-        by_steps = found.get(method, {})
-        usable = [n for n in by_steps if (*method, n) in kept]
-        if usable:
-            n = max(usable)
-            samples[task][sample_column(solver, variant, n)] = by_steps[n]
+    samples: dict[str, dict[str, torch.Tensor]] | None = None
+    if grid:
+        samples = {task: {"ground truth": truth[task]} if task in truth else {}
+                   for task in dict.fromkeys(r["task"] for r in runs)}
+        # columns in the runs' order (the samples file stores its keys sorted)
+        for method in dict.fromkeys((r["task"], r["solver"], r["variant"]) for r in runs):
+            task, solver, variant = method
+            by_steps = found.get(method, {})
+            usable = [n for n in by_steps if (*method, n) in kept]
+            if usable:
+                n = max(usable)
+                samples[task][sample_column(solver, variant, n)] = by_steps[n]
     first = metas[0]
     meta = {**first,
             "command": " + ".join(f"`{m['command']}`" for m in metas).strip("`"),

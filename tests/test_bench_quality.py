@@ -130,7 +130,6 @@ def test_run_quality_end_to_end(tmp_path):
     assert base.split("|")[4].strip() == f"{tasks.mean_ci95(pick['dps', 'none', 2])[0]:.2f}"
 
 
-
 def test_a_runs_numbers_do_not_depend_on_how_the_grid_is_split_over_processes():
     # parts of the grid are run one task (or variant, or step count) per process and combined, and
     # the README's single full command must give the same numbers
@@ -145,6 +144,7 @@ def test_a_runs_numbers_do_not_depend_on_how_the_grid_is_split_over_processes():
         for r in part["runs"]:
             assert r["values"] == values[r["task"], r["variant"], r["steps"]], (r["task"], r["variant"])
     assert tasks.measurement_seed(0) == 1000  # the seed every one-task part in docs/ used
+
 
 def test_cli_rejects_unknown_names(capsys):
     for argv in (["--solvers", "ddrm"], ["--combine", "part", "--solvers", "ddrm"]):
@@ -294,7 +294,6 @@ def test_combine_selects_runs_and_keeps_the_grid_at_their_steps(tmp_path, capsys
         assert f"{extra[0]} cannot be used with --combine" in capsys.readouterr().err
 
 
-
 def test_combine_without_the_grid_takes_parts_whose_samples_file_is_gone(tmp_path, capsys):
     models = tiny_models()
     images = torch.rand(2, 1, 32, 32) * 2 - 1
@@ -334,6 +333,7 @@ def test_combine_without_the_grid_takes_parts_whose_samples_file_is_gone(tmp_pat
     with pytest.raises(SystemExit):
         quality.main(["--no-grid", "--quick", "--out", str(tmp_path / "e")])
     assert "--no-grid only applies to --combine" in capsys.readouterr().err
+
 
 def _top_eigenvalue_of_normal_operator(op, shape, iters: int = 300) -> float:
     """lambda_max(A^T A) by power iteration (float64)."""
