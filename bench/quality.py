@@ -381,7 +381,8 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
     (task, solver, variant, steps) may appear twice; their step counts may differ. ``tasks``,
     ``solvers``, ``variants`` and ``steps`` keep only those runs (None keeps all); naming one that no
     part ran is an error. The image grid keeps, per task and solver/variant, the sample of the
-    largest kept step count. ``grid=False`` (``--no-grid``) neither reads the parts' samples files
+    largest kept step count; only the parts holding those runs need their samples file, and a
+    missing one is an error. ``grid=False`` (``--no-grid``) neither reads the parts' samples files
     nor makes a grid (``results["samples"]`` is None), so parts whose samples file was lost still
     combine; meta's ``grid_note`` says so in the report. Returns (results, meta) for
     :func:`write_outputs`.
@@ -391,32 +392,17 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
     if not parts:
         raise ValueError("--combine needs at least one folder")
     runs: list[dict[str, Any]] = []
-    # (task, solver, variant) -> {steps: images}; ground truth per task
-    found: dict[tuple[str, str, str], dict[int, torch.Tensor]] = {}
-    truth: dict[str, torch.Tensor] = {}
     metas: list[dict[str, Any]] = []
+    part_keys: list[set[tuple[str, str, str, int]]] = []  # the runs of each part
     for part in parts:
-        js, st = Path(part) / "bench_quality.json", Path(part) / SAMPLES_FILE
-        for f in (js, st) if grid else (js,):
-            if not f.is_file():
-                hint = (" (each folder must be the --out of a bench.quality run)" if f == js else
-                        " (the grid's images; --no-grid combines the tables and plots without them)")
-                raise FileNotFoundError(f"--combine: {f} not found{hint}")
+        js = Path(part) / "bench_quality.json"
+        if not js.is_file():
+            raise FileNotFoundError(f"--combine: {js} not found (each folder must be the --out of a "
+                                    "bench.quality run)")
         data = json.loads(js.read_text())
         metas.append(data["meta"])
         runs += data["runs"]
-        if not grid:
-            continue
-        for key, img in load_file(str(st)).items():
-            task, col = key.split("|", 1)
-            if col == "ground truth":
-                truth[task] = img.float()
-                continue
-            match = _COLUMN.match(col)
-            # parts written before the column named its step count hold their largest one
-            method, n = (match["method"], int(match["steps"])) if match else (col, max(data["meta"]["steps"]))
-            solver, variant = method.split(" ", 1)
-            found.setdefault((task, solver, variant), {})[n] = img.float()
+        part_keys.append({(r["task"], r["solver"], r["variant"], r["steps"]) for r in data["runs"]})
     # step counts may differ between parts (e.g. a longer run for some tasks): no run may repeat
     for field in ("images", "seed", "alpha", "device", "lpips_note"):
         values = {json.dumps(m.get(field)) for m in metas}
@@ -447,19 +433,55 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
 
     runs.sort(key=lambda r: (rank(list(TASKS), r["task"]), rank(SOLVER_NAMES, r["solver"]),
                              rank(VARIANTS, r["variant"]), r["steps"]))
-    kept = {(r["task"], r["solver"], r["variant"], r["steps"]) for r in runs}
     samples: dict[str, dict[str, torch.Tensor]] | None = None
     if grid:
-        samples = {task: {"ground truth": truth[task]} if task in truth else {}
-                   for task in dict.fromkeys(r["task"] for r in runs)}
+        # the grid shows, per (task, solver, variant), its largest kept step count: only the parts
+        # holding those runs need their samples file (a part whose runs all have longer ones elsewhere
+        # may have lost it)
+        column_steps: dict[tuple[str, str, str], int] = {}
+        for r in runs:
+            method = (r["task"], r["solver"], r["variant"])
+            column_steps[method] = max(column_steps.get(method, 0), r["steps"])
+        samples = {task: {} for task in dict.fromkeys(r["task"] for r in runs)}
+        images: dict[tuple[str, str, str], torch.Tensor] = {}
+        for part, keys, meta_of_part in zip(parts, part_keys, metas, strict=True):
+            wanted = [m for m, n in column_steps.items() if (*m, n) in keys]
+            if not wanted:
+                continue
+            st = Path(part) / SAMPLES_FILE
+            if not st.is_file():
+                columns = ", ".join(f"{m[0]} '{sample_column(m[1], m[2], column_steps[m])}'" for m in wanted)
+                raise FileNotFoundError(f"--combine: {st} not found; the grid's images of {columns} are in "
+                                        "it (--no-grid combines the tables and plots without them)")
+            stored: dict[tuple[str, str, str, int], torch.Tensor] = {}
+            for key, img in load_file(str(st)).items():
+                task, col = key.split("|", 1)
+                if col == "ground truth":
+                    if task in samples:
+                        samples[task]["ground truth"] = img.float()
+                    continue
+                match = _COLUMN.match(col)
+                # parts written before the column named its step count hold their largest one
+                method, n = ((match["method"], int(match["steps"])) if match
+                             else (col, max(meta_of_part["steps"])))
+                solver, variant = method.split(" ", 1)
+                stored[(task, solver, variant, n)] = img.float()
+            for method in wanted:
+                key = (*method, column_steps[method])
+                if key not in stored:
+                    raise ValueError(f"--combine: {st} lacks the grid's image of {method[0]} "
+                                     f"'{sample_column(*method[1:], key[3])}', a run of that part (a samples "
+                                     "file holds each method's largest step count only; --no-grid combines "
+                                     "the tables and plots without it)")
+                images[method] = stored[key]
         # columns in the runs' order (the samples file stores its keys sorted)
-        for method in dict.fromkeys((r["task"], r["solver"], r["variant"]) for r in runs):
+        for method in column_steps:
             task, solver, variant = method
-            by_steps = found.get(method, {})
-            usable = [n for n in by_steps if (*method, n) in kept]
-            if usable:
-                n = max(usable)
-                samples[task][sample_column(solver, variant, n)] = by_steps[n]
+            samples[task][sample_column(solver, variant, column_steps[method])] = images[method]
+        for task in samples:
+            if "ground truth" not in samples[task]:  # written by every run, so only a damaged file lacks it
+                raise ValueError(f"--combine: no samples file of task {task!r} holds its ground truth")
+            samples[task] = {"ground truth": samples[task].pop("ground truth"), **samples[task]}
     first = metas[0]
     meta = {**first,
             "command": " + ".join(f"`{m['command']}`" for m in metas).strip("`"),

@@ -285,7 +285,11 @@ def test_combine_selects_runs_and_keeps_the_grid_at_their_steps(tmp_path, capsys
         quality.combine([tmp_path / "a"], tasks=["box_inpaint"])
     # the CLI: selection options pass through; run options are refused, not ignored
     out = tmp_path / "sel"
-    assert quality.main(["--combine", str(tmp_path / "a"), "--steps", "2", "--out", str(out)]) == 0
+    # a's samples file holds its 3-step images only, so a 2-step report has no grid to draw
+    assert quality.main(["--combine", str(tmp_path / "a"), "--steps", "2", "--out", str(out)]) == 2
+    assert "lacks the grid's image of sr4 'dps none, 2 steps'" in capsys.readouterr().err
+    assert quality.main(["--combine", str(tmp_path / "a"), "--steps", "2", "--no-grid",
+                         "--out", str(out)]) == 0
     assert {r["steps"] for r in json.loads((out / "bench_quality.json").read_text())["runs"]} == {2}
     for extra in (["--images", "4"], ["--alpha", "0.5"], ["--seed", "0"], ["--threads", "1"], ["--quick"],
                   ["--no-lpips"], ["--device", "cpu"], ["--default-malloc"]):
@@ -303,9 +307,18 @@ def test_combine_without_the_grid_takes_parts_whose_samples_file_is_gone(tmp_pat
         res = quality.run_quality(models, images, ["sr4"], ["dps"], ["none"], [n], alpha=0.1)
         quality.write_outputs(res, {**meta, "steps": [n]}, tmp_path / name)
     (tmp_path / "a" / quality.SAMPLES_FILE).unlink()  # e.g. an earlier session's scratch is gone
-    # by default the grid's images are required, and the error says how to go on
-    with pytest.raises(FileNotFoundError, match="--no-grid combines the tables"):
-        quality.combine([tmp_path / "a", tmp_path / "b"])
+    # the grid shows the 3-step run: only b's samples file is needed
+    results, merged = quality.combine([tmp_path / "a", tmp_path / "b"])
+    assert list(results["samples"]["sr4"]) == ["ground truth", "dps none, 3 steps"]
+    assert "grid_note" not in merged and {r["steps"] for r in results["runs"]} == {2, 3}
+    # a grid that needs the lost images is an error that names them and says how to go on
+    with pytest.raises(FileNotFoundError, match=r"sr4 'dps none, 2 steps'.*--no-grid combines the tables"):
+        quality.combine([tmp_path / "a", tmp_path / "b"], steps=[2])
+    # a samples file holds each method's largest step count only: asking it for another is an error
+    quality.write_outputs(results, merged, tmp_path / "ab")
+    with pytest.raises(ValueError, match=r"lacks the grid's image of sr4 'dps none, 2 steps'.*--no-grid"):
+        quality.combine([tmp_path / "ab"], steps=[2])
+    assert quality.combine([tmp_path / "ab"], steps=[2], grid=False)[0]["samples"] is None
     results, merged = quality.combine([tmp_path / "a", tmp_path / "b"], grid=False)
     assert results["samples"] is None and {r["steps"] for r in results["runs"]} == {2, 3}
     assert "--no-grid" in merged["grid_note"]
