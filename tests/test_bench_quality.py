@@ -319,6 +319,13 @@ def test_combine_without_the_grid_takes_parts_whose_samples_file_is_gone(tmp_pat
     with pytest.raises(ValueError, match=r"lacks the grid's image of sr4 'dps none, 2 steps'.*--no-grid"):
         quality.combine([tmp_path / "ab"], steps=[2])
     assert quality.combine([tmp_path / "ab"], steps=[2], grid=False)[0]["samples"] is None
+    from safetensors.torch import load_file, save_file
+
+    damaged = tmp_path / "ab" / quality.SAMPLES_FILE
+    kept = {k: v for k, v in load_file(str(damaged)).items() if not k.endswith("ground truth")}
+    save_file(kept, str(damaged))
+    with pytest.raises(ValueError, match="no samples file of task 'sr4' holds its ground truth"):
+        quality.combine([tmp_path / "ab"])
     results, merged = quality.combine([tmp_path / "a", tmp_path / "b"], grid=False)
     assert results["samples"] is None and {r["steps"] for r in results["runs"]} == {2, 3}
     assert "--no-grid" in merged["grid_note"]
