@@ -442,6 +442,11 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
         for r in runs:
             method = (r["task"], r["solver"], r["variant"])
             column_steps[method] = max(column_steps.get(method, 0), r["steps"])
+
+        def column_of(method: tuple[str, str, str]) -> str:
+            return f"{method[0]} '{sample_column(method[1], method[2], column_steps[method])}'"
+
+        # ground truth goes in first, while the parts are read; the columns after
         samples = {task: {} for task in dict.fromkeys(r["task"] for r in runs)}
         images: dict[tuple[str, str, str], torch.Tensor] = {}
         for part, keys, meta_of_part in zip(parts, part_keys, metas, strict=True):
@@ -450,7 +455,7 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
                 continue
             st = Path(part) / SAMPLES_FILE
             if not st.is_file():
-                columns = ", ".join(f"{m[0]} '{sample_column(m[1], m[2], column_steps[m])}'" for m in wanted)
+                columns = ", ".join(column_of(m) for m in wanted)
                 raise FileNotFoundError(f"--combine: {st} not found; the grid's images of {columns} are in "
                                         "it (--no-grid combines the tables and plots without them)")
             stored: dict[tuple[str, str, str, int], torch.Tensor] = {}
@@ -469,19 +474,16 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
             for method in wanted:
                 key = (*method, column_steps[method])
                 if key not in stored:
-                    raise ValueError(f"--combine: {st} lacks the grid's image of {method[0]} "
-                                     f"'{sample_column(*method[1:], key[3])}', a run of that part (a samples "
-                                     "file holds each method's largest step count only; --no-grid combines "
-                                     "the tables and plots without it)")
+                    raise ValueError(f"--combine: {st} lacks the grid's image of {column_of(method)}, a run "
+                                     "of that part (a samples file holds each method's largest step count "
+                                     "only; --no-grid combines the tables and plots without it)")
                 images[method] = stored[key]
-        # columns in the runs' order (the samples file stores its keys sorted)
-        for method in column_steps:
-            task, solver, variant = method
-            samples[task][sample_column(solver, variant, column_steps[method])] = images[method]
         for task in samples:
             if "ground truth" not in samples[task]:  # written by every run, so only a damaged file lacks it
                 raise ValueError(f"--combine: no samples file of task {task!r} holds its ground truth")
-            samples[task] = {"ground truth": samples[task].pop("ground truth"), **samples[task]}
+        # columns in the runs' order (the samples file stores its keys sorted)
+        for method in column_steps:
+            samples[method[0]][sample_column(*method[1:], column_steps[method])] = images[method]
     first = metas[0]
     meta = {**first,
             "command": " + ".join(f"`{m['command']}`" for m in metas).strip("`"),
