@@ -244,9 +244,15 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
              "Cells: mean ± half-width of the 95% t-interval over images. "
              "PSNR/SSIM: higher is better; ST-LPIPS: lower is better; residual = RMS(A x̂ − y), "
              f"≈ {SIGMA_Y} when x̂ explains y.", ""]
+    selected = []
     if meta.get("selection"):
-        lines += [f"Only the runs selected by `--combine … {meta['selection']}` are shown; the wall time "
-                  "is that of the whole parts.", ""]
+        selected.append(f"Only the runs selected by `--combine … {meta['selection']}` are shown.")
+    if meta.get("earlier_selections"):
+        earlier = ", ".join(f"`--combine … {s}`" for s in meta["earlier_selections"])
+        selected.append(f"Earlier combines that made some of the parts selected their runs ({earlier}; "
+                        "each applied only to the runs of the part it made).")
+    if selected:
+        lines += [" ".join(selected) + " The wall time is that of the whole parts.", ""]
     if meta.get("lpips_note"):
         lines += [f"ST-LPIPS: {meta['lpips_note']}", ""]
     if meta.get("grid_note"):
@@ -494,15 +500,19 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
             "wall_s": sum(m["wall_s"] for m in metas),
             "parts": sum(m.get("parts", 1) for m in metas)}  # a part may itself be combined
     chosen = [f"--{k} {' '.join(map(str, v))}" for k, v in selection.items() if v is not None]
-    earlier = [m["selection"] for m in metas if m.get("selection")]
+    # a part's own selection applied to its runs only, so it is kept apart from this one's
+    earlier = [s for m in metas for s in [*m.get("earlier_selections", []), m.get("selection")] if s]
     meta.pop("selection", None)
+    meta.pop("earlier_selections", None)
     meta.pop("grid_note", None)
     if not grid:
         meta["grid_note"] = ("not rewritten by this `--combine --no-grid` (a part's samples file was "
                              "not kept); an earlier bench_quality_grid.png in this folder shows only the "
                              "runs its column titles name.")
-    if chosen or earlier:
-        meta["selection"] = " ".join(earlier + chosen)
+    if chosen:
+        meta["selection"] = " ".join(chosen)
+    if earlier:
+        meta["earlier_selections"] = earlier
     return {"runs": runs, "samples": samples}, meta
 
 

@@ -271,6 +271,20 @@ def test_combine_selects_runs_and_keeps_the_grid_at_their_steps(tmp_path, capsys
     assert merged["selection"] == "--variants equi --steps 2 3"
     md = quality.markdown(results, merged)
     assert "--combine … --variants equi --steps 2 3" in md and "## PSNR (dB) at 3 steps" in md
+    # a combined part's own selection applied to its runs only: combining it again must not report
+    # it as a selection of the new report (which here also shows 4-step runs)
+    quality.write_outputs(results, merged, tmp_path / "equi23")
+    for chosen in (None, ["equi"]):
+        again, remerged = quality.combine([tmp_path / "equi23", tmp_path / "b"], variants=chosen)
+        assert {r["steps"] for r in again["runs"]} == {2, 3, 4}
+        assert remerged["earlier_selections"] == ["--variants equi --steps 2 3"]
+        md = quality.markdown(again, remerged)
+        assert "(`--combine … --variants equi --steps 2 3`; each applied only to the runs of the part" in md
+        if chosen is None:
+            assert "selection" not in remerged and "Only the runs selected" not in md
+        else:
+            assert remerged["selection"] == "--variants equi"
+            assert "Only the runs selected by `--combine … --variants equi` are shown." in md
     # a part written before the grid's columns named their step count holds its largest one
     from safetensors.torch import load_file, save_file
 
