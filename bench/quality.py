@@ -182,6 +182,21 @@ def _parts_note(meta: dict[str, Any]) -> str:
     return f" summed over {parts} processes run side by side" if parts > 1 else ""
 
 
+def _thread_counts(meta: dict[str, Any]) -> list[int]:
+    """The torch thread counts of a run's processes (a combined report may hold several)."""
+    threads = meta.get("threads", 1)
+    return sorted(set(threads)) if isinstance(threads, list) else [threads]
+
+
+def _threads_note(meta: dict[str, Any]) -> str:
+    counts = _thread_counts(meta)
+    if len(counts) == 1:
+        return f"{counts[0]} thread(s) each"
+    # which part ran with which count is in its command
+    return (f"{', '.join(map(str, counts[:-1]))} or {counts[-1]} threads per process: `--threads` in a "
+            "part's command, 1 without")
+
+
 def _paired_psnr_gain(runs: list[dict[str, Any]], task: str, solver: str, variant: str,
                       steps: int) -> tuple[float, float] | None:
     """Mean and 95% half-width of the per-image PSNR of ``variant`` minus that of ``none``."""
@@ -240,7 +255,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
              f"Command: `{meta['command']}`; {meta['images']} held-out test images, seed {meta['seed']}, "
              f"sigma_y = {SIGMA_Y}, EquiReg alpha = {meta['alpha']} (hflip), wall time "
              f"{meta['wall_s']:.0f} s{_parts_note(meta)} on {meta['device']} "
-             f"({meta['threads']} thread(s) each).",
+             f"({_threads_note(meta)}).",
              "Cells: mean ± half-width of the 95% t-interval over images. "
              "PSNR/SSIM: higher is better; ST-LPIPS: lower is better; residual = RMS(A x̂ − y), "
              f"≈ {SIGMA_Y} when x̂ explains y.", ""]
@@ -384,14 +399,14 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
     """Merge the outputs of runs split over processes or machines (each an ``--out`` folder).
 
     The parts must agree on images, seed, alpha, device and the ST-LPIPS setting, and no
-    (task, solver, variant, steps) may appear twice; their step counts may differ. ``tasks``,
-    ``solvers``, ``variants`` and ``steps`` keep only those runs (None keeps all); naming one that no
-    part ran is an error. The image grid keeps, per task and solver/variant, the sample of the
-    largest kept step count; only the parts holding those runs need their samples file, and a
-    missing one is an error. ``grid=False`` (``--no-grid``) neither reads the parts' samples files
-    nor makes a grid (``results["samples"]`` is None), so parts whose samples file was lost still
-    combine; meta's ``grid_note`` says so in the report. Returns (results, meta) for
-    :func:`write_outputs`.
+    (task, solver, variant, steps) may appear twice; their step counts and thread counts may differ
+    (the report lists every thread count). ``tasks``, ``solvers``, ``variants`` and ``steps`` keep
+    only those runs (None keeps all); naming one that no part ran is an error. The image grid keeps,
+    per task and solver/variant, the sample of the largest kept step count; only the parts holding
+    those runs need their samples file, and a missing one is an error. ``grid=False``
+    (``--no-grid``) neither reads the parts' samples files nor makes a grid (``results["samples"]``
+    is None), so parts whose samples file was lost still combine; meta's ``grid_note`` says so in
+    the report. Returns (results, meta) for :func:`write_outputs`.
     """
     from safetensors.torch import load_file
 
@@ -491,6 +506,8 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
         for method in column_steps:
             samples[method[0]][sample_column(*method[1:], column_steps[method])] = images[method]
     first = metas[0]
+    # parts may run with different --threads (e.g. a long run on both cores): keep every count
+    threads = sorted({n for m in metas for n in _thread_counts(m)})
     meta = {**first,
             "command": " + ".join(f"`{m['command']}`" for m in metas).strip("`"),
             "tasks": list(dict.fromkeys(r["task"] for r in runs)),
@@ -498,6 +515,7 @@ def combine(parts: Sequence[Path], tasks: Sequence[str] | None = None,
             "variants": list(dict.fromkeys(r["variant"] for r in runs)),
             "steps": sorted({r["steps"] for r in runs}),
             "wall_s": sum(m["wall_s"] for m in metas),
+            "threads": threads[0] if len(threads) == 1 else threads,
             "parts": sum(m.get("parts", 1) for m in metas)}  # a part may itself be combined
     chosen = [f"--{k} {' '.join(map(str, v))}" for k, v in selection.items() if v is not None]
     # a part's own selection applied to its runs only, so it is kept apart from this one's

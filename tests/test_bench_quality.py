@@ -231,6 +231,18 @@ def test_combine_merges_parts_and_rejects_mismatches(tmp_path):
     md = quality.markdown(results, merged)
     assert "## PSNR (dB) at 2 steps" in md and "paired PSNR difference (dB) at 2 steps" in md
     assert "| sr4 | dps | none (PSNR) |" in md and "| box_inpaint | dps | equi − none |" in md
+    assert merged["threads"] == 1 and "(1 thread(s) each)" in md
+    # a part run with --threads 2 (a long run on both cores) may join; the report names both counts,
+    # and re-combining the combined folder keeps them
+    res = quality.run_quality(models, images, ["sr4"], ["dps"], ["none", "equi"], [4], alpha=0.1)
+    quality.write_outputs(res, {**meta, "steps": [4], "tasks": ["sr4"], "threads": 2,
+                                "command": "part --threads 2"}, tmp_path / "sr4_4")
+    results, merged = quality.combine([tmp_path / "all", tmp_path / "sr4_4"])
+    assert merged["threads"] == [1, 2]
+    quality.write_outputs(results, merged, tmp_path / "mixed")
+    md = (tmp_path / "mixed" / "bench_quality.md").read_text()
+    assert "(1 or 2 threads per process: `--threads` in a part's command, 1 without)" in md
+    assert quality.combine([tmp_path / "mixed", tmp_path / "sr4_3"])[1]["threads"] == [1, 2]
     # the same part twice: a duplicated run
     with pytest.raises(ValueError, match="more than one part"):
         quality.combine([tmp_path / "sr4", tmp_path / "sr4"])
